@@ -1,0 +1,90 @@
+"""What every sampler shares: input checks, the per-step bookkeeping, and noise.
+
+Checks run before the first model call and say what to do. Inside the loop nothing talks to
+the host: the NaN watch keeps the index of the first non-finite step in a device tensor and is
+read once, after the loop.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from ..prediction import Prediction
+from ..timesteps import validate
+
+Tensor = torch.Tensor
+Callback = Callable[[int, Tensor, Tensor], None]
+
+__all__ = ["check_inputs", "StepLoop", "noise_like", "on_device"]
+
+
+def check_inputs(name: str, model: Prediction, x_T: Tensor, timesteps, *, min_steps: int = 1,
+                 schedule_kinds: tuple[type, ...] | None = None) -> Tensor:
+    """Validate a sampler's inputs; return the grid as a float64 CPU tensor."""
+    if not isinstance(model, Prediction):
+        raise TypeError(f"{name}: model must be a fastdiff_edu.prediction.Prediction (wrap your network with "
+                        f"Prediction(fn, schedule, kind=...)), got {type(model).__name__}")
+    if not isinstance(x_T, Tensor):
+        raise TypeError(f"{name}: x_T must be a torch.Tensor, got {type(x_T).__name__}")
+    if not x_T.is_floating_point():
+        raise TypeError(f"{name}: x_T must be a floating-point tensor, got {x_T.dtype}; "
+                        "convert it with x_T.float() (or .double() for the exact test bed)")
+    if x_T.ndim < 2:
+        raise ValueError(f"{name}: x_T must have a batch dimension first, shape (batch, ...); got {tuple(x_T.shape)}. "
+                         "For a single sample use x_T[None]")
+    if schedule_kinds is not None and not isinstance(model.schedule, schedule_kinds):
+        allowed = ", ".join(k.__name__ for k in schedule_kinds)
+        raise ValueError(f"{name} works with {allowed} schedules only; the model uses {model.schedule!r}")
+    return validate(model.schedule, timesteps, min_steps=min_steps, what=f"{name}: the timesteps")
+
+
+def on_device(values: Tensor, like: Tensor) -> Tensor:
+    """Coefficients computed in float64, cast once to the sample's dtype and device."""
+    return values.to(device=like.device, dtype=like.dtype)
+
+
+def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+class StepLoop:
+    """Iterate over the steps of a grid with an optional progress bar, per-step callback
+    ``callback(step, t_next, x_next)`` and a sync-free watch for NaN/Inf.
+
+    Usage::
+
+        loop = StepLoop("ddim", grid, x, callback, progress)
+        for i in loop:
+            x = ...           # the step from grid[i] to grid[i + 1]
+            loop.done(i, x)
+        loop.check()          # raises FloatingPointError naming the first bad step
+    """
+
+    def __init__(self, name: str, grid: Tensor, x: Tensor, callback: Callback | None = None,
+                 progress: bool = False, steps: int | None = None):
+        self.name, self.grid, self.callback = name, grid, callback
+        self.steps = grid.numel() - 1 if steps is None else steps
+        self.times = grid.to(x.device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+        self.bar = tqdm(total=self.steps, desc=name, disable=not progress, leave=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.steps))
+
+    def done(self, i: int, x: Tensor) -> None:
+        bad = ~torch.isfinite(x).all()
+        self.first_bad = torch.where(bad & (self.first_bad < 0), i, self.first_bad)
+        if self.callback is not None:
+            self.callback(i, self.times[i + 1], x)
+        self.bar.update(1)
+
+    def check(self) -> None:
+        self.bar.close()
+        first = int(self.first_bad)  # the one host sync, after the loop
+        if first >= 0:
+            raise FloatingPointError(
+                f"{self.name}: NaN or Inf appeared at step {first} of {self.steps} (t={float(self.grid[first]):.6g} -> "
+                f"{float(self.grid[first + 1]):.6g}). Try more steps, a smaller step near t_min, or a wider dtype")
+
