@@ -12,6 +12,8 @@ VENV       ?= .venv
 # The CPU build of PyTorch. GPU users: e.g. `make TORCH_SPEC="torch==2.5.1 --index-url ..."`.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS     ?= dev
+# Test oracle, without its training dependencies (see tests/oracles.py).
+K_DIFFUSION_SPEC ?= k-diffusion==0.1.1.post1
 
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(EXTRAS)
@@ -31,6 +33,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install $(TORCH_SPEC)
 	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --no-deps $(K_DIFFUSION_SPEC)
 	touch $@
 
 install: $(STAMP)

@@ -73,7 +73,7 @@ def run_error(problem: str = "gmm64", schedule: str = "ddpm", solver_names=("ddi
     exact = marginal.sample(exact_samples, generator=torch.Generator().manual_seed(seed + 1))
 
     started = time.perf_counter()
-    ref, ref_info = reference.solve(model, x_T, return_info=True)
+    ref, ref_info = reference.solve(model, x_T, return_info=True, progress=progress)
     ref_seconds = time.perf_counter() - started
     out = {
         "problem": problem, "schedule": repr(sched), "grid": grid, "batch": batch, "seed": seed,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
+from tqdm.auto import tqdm
 
 from .prediction import Prediction
 from .schedules import as_float64
@@ -61,13 +62,15 @@ class IntegrationInfo:
 
 
 def integrate(model: Prediction, x_start: Tensor, t_start, t_end, *, variable: str = "half_log_snr",
-              method: str = "DOP853", rtol: float = 1e-10, atol: float | None = None) -> tuple[Tensor, IntegrationInfo]:
+              method: str = "DOP853", rtol: float = 1e-10, atol: float | None = None,
+              progress: bool = False) -> tuple[Tensor, IntegrationInfo]:
     """Solve the probability-flow ODE from ``t_start`` to ``t_end`` with ``scipy.integrate.solve_ivp``.
 
     ``variable="half_log_snr"`` integrates x/alpha in lambda (smooth, well scaled);
     ``variable="t"`` integrates x in t, the way Song et al. ran RK45. The state is the whole
     batch flattened into one float64 vector, so the error control is an RMS over all samples.
-    The result has the dtype and device of ``x_start``.
+    The result has the dtype and device of ``x_start``. ``progress=True`` shows how much of
+    the time span has been covered.
     """
     sched = model.schedule
     t_start, t_end = float(t_start), float(t_end)
@@ -107,7 +110,17 @@ def integrate(model: Prediction, x_start: Tensor, t_start, t_end, *, variable: s
         def finish(y):
             return y * float(sched.alpha(t_end))
 
-    sol = solve_ivp(rhs, span, y0, method=method, rtol=rtol, atol=atol)
+    bar = tqdm(total=1000, desc=f"{method} in {variable}", disable=not progress, leave=False,
+               bar_format="{l_bar}{bar}| {elapsed}")
+
+    def tracked_rhs(time, y):
+        done = int(1000 * (time - span[0]) / (span[1] - span[0]))
+        if done > bar.n:
+            bar.update(done - bar.n)
+        return rhs(time, y)
+
+    sol = solve_ivp(tracked_rhs, span, y0, method=method, rtol=rtol, atol=atol)
+    bar.close()
     if not sol.success:
         raise RuntimeError(f"{method} failed between t={t_start} and t={t_end}: {sol.message}")
     y_end = finish(sol.y[:, -1])

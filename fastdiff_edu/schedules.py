@@ -198,7 +198,8 @@ class VPCosine(_VP):
         return math.log(math.cos(0.5 * math.pi * self.s / (1.0 + self.s)))
 
     def log_alpha(self, t) -> Tensor:
-        return torch.log(torch.cos(self._angle(t))) - self._log_cos0
+        # the log of the ratio, not a difference of logs: exactly 0 at t = 0, so sigma(0) = 0
+        return torch.log(torch.cos(self._angle(t)) / math.cos(0.5 * math.pi * self.s / (1.0 + self.s)))
 
     def d_log_alpha(self, t) -> Tensor:
         return -torch.tan(self._angle(t)) * 0.5 * math.pi / (1.0 + self.s)

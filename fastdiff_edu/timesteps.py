@@ -43,7 +43,9 @@ def _discrete_labels(schedule: DiscreteVP, kind: str, steps: int) -> Tensor:
     if kind == "leading":
         labels = torch.arange(steps, dtype=torch.float64) * (n // steps)
     elif kind == "trailing":
-        labels = torch.round(torch.arange(n, 0, -n / steps, dtype=torch.float64)) - 1
+        # round(N - k N/steps) - 1 for k < steps; diffusers writes np.arange(N, 0, -N/steps), whose
+        # float length gives one label too many for some step counts (e.g. 61 of 1000)
+        labels = torch.round(n - torch.arange(steps, dtype=torch.float64) * (n / steps)) - 1
     else:  # linspace
         labels = torch.round(torch.linspace(0, n - 1, steps, dtype=torch.float64))
     return torch.sort(labels, descending=True).values

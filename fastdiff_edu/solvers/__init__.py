@@ -1,135 +1,23 @@
 """Samplers, one module per paper, and the registry that names them.
 
-A sampler is a function ``x0 = sampler(model, x_T, timesteps, **options)``. The registry maps
-a stable name to the sampler, its order, its default grid and how many steps a given NFE
-budget buys, so that benchmarks, the book and scripts can run "every solver at NFE = 10" in one
-loop via :func:`sample`.
+A sampler is a function ``x0 = sampler(model, x_T, timesteps, **options)`` whose body follows
+its paper's algorithm box. Each module registers its samplers (name, order, default grid, NFE
+accounting) in :data:`REGISTRY` when imported; every module of this package is imported here,
+so a new solver module needs no edit of this file. :func:`sample` runs any of them by name.
 """
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field
-from typing import Callable
+import importlib
+import pkgutil
 
-import torch
-
-from .. import timesteps as _timesteps
-from ..prediction import Prediction
 from .ddim import ddim, ddim_coefficients, ddpm
 from .euler import euler, euler_coefficients
+from .registry import REGISTRY, SampleInfo, SamplerSpec, get, register, sample
 from .rk45 import rk45
 
-Tensor = torch.Tensor
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["SamplerSpec", "REGISTRY", "register", "get", "sample", "SampleInfo",
            "ddim", "ddpm", "euler", "rk45", "ddim_coefficients", "euler_coefficients"]
-
-
-def _one_per_step(nfe: int) -> int:
-    return nfe
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """A registry entry.
-
-    ``steps_for_nfe`` turns an NFE budget into a step count (the sampler then reports the NFE it
-    really used); ``min_nfe`` is the smallest budget that works.
-    """
-
-    name: str
-    fn: Callable[..., Tensor]
-    order: int | None
-    default_grid: str
-    chapter: str
-    stochastic: bool = False
-    adaptive: bool = False
-    steps_for_nfe: Callable[[int], int] = _one_per_step
-    min_nfe: int = 1
-    defaults: dict = field(default_factory=dict)
-    summary: str = ""
-
-
-REGISTRY: dict[str, SamplerSpec] = {}
-
-
-def register(spec: SamplerSpec) -> SamplerSpec:
-    if spec.name in REGISTRY:
-        raise ValueError(f"sampler {spec.name!r} is already registered")
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-def get(name: str) -> SamplerSpec:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"unknown sampler {name!r}.{hint} Available: {', '.join(sorted(REGISTRY))}") from None
-
-
-register(SamplerSpec("euler", euler, order=1, default_grid="time_uniform", chapter="recap",
-                     summary="Euler in t on the probability-flow ODE"))
-register(SamplerSpec("ddim", ddim, order=1, default_grid="time_uniform", chapter="recap",
-                     summary="DDIM (eta=0 deterministic; eta>0 stochastic)"))
-register(SamplerSpec("ddpm", ddpm, order=None, default_grid="time_uniform", chapter="recap", stochastic=True,
-                     summary="DDPM ancestral sampling"))
-register(SamplerSpec("rk45", rk45, order=None, default_grid="time_uniform", chapter="recap", adaptive=True,
-                     summary="scipy RK45 in t (Song et al. 2021 baseline)"))
-
-
-@dataclass
-class SampleInfo:
-    """What a :func:`sample` call did: the grid it used and the NFE it counted."""
-
-    solver: str
-    nfe: int
-    steps: int
-    timesteps: Tensor
-    extra: dict = field(default_factory=dict)
-
-
-def sample(model: Prediction, x_T: Tensor, solver: str, timesteps=None, nfe: int | None = None,
-           schedule=None, *, grid: str | None = None, t_start=None, t_end=None, return_info: bool = False,
-           **options):
-    """Sample with a registered solver.
-
-    Give either ``timesteps`` (a decreasing grid) or ``nfe`` (a budget: the solver's default
-    grid, or ``grid=``, with the step count the budget buys, from ``t_start``/``t_end``, which
-    default to the schedule's range). Adaptive solvers need neither. ``schedule`` defaults to
-    the model's; other ``options`` go to the sampler. Returns the samples, or
-    ``(samples, SampleInfo)`` with ``return_info=True``; ``info.nfe`` is counted.
-    """
-    spec = get(solver)
-    if not isinstance(model, Prediction):
-        raise TypeError(f"model must be a Prediction, got {type(model).__name__}")
-    schedule = model.schedule if schedule is None else schedule
-    if schedule is not model.schedule and repr(schedule) != repr(model.schedule):
-        raise ValueError(f"the grid's schedule {schedule!r} differs from the model's {model.schedule!r}")
-    if timesteps is not None and (nfe is not None or grid is not None):
-        raise ValueError("give either timesteps or nfe (with an optional grid), not both")
-    if timesteps is None:
-        if spec.adaptive and nfe is None:
-            start = schedule.t_max if t_start is None else t_start
-            end = schedule.t_min if t_end is None else t_end
-            timesteps = torch.tensor([float(start), float(end)], dtype=torch.float64)
-        elif nfe is None:
-            raise ValueError(f"{solver}: give timesteps or an nfe budget")
-        else:
-            if not isinstance(nfe, int) or nfe < spec.min_nfe:
-                raise ValueError(f"{solver} needs an integer nfe >= {spec.min_nfe}, got {nfe!r}")
-            steps = spec.steps_for_nfe(nfe)
-            timesteps = _timesteps.make(schedule, grid or spec.default_grid, steps, t_start, t_end)
-    kwargs = {**spec.defaults, **options}
-    nfe_before = model.nfe
-    result = spec.fn(model, x_T, timesteps, **kwargs)
-    extra = {}
-    if isinstance(result, tuple):
-        result, detail = result
-        extra = {"detail": detail}
-    if not return_info:
-        return result
-    grid_used = _timesteps.validate(schedule, timesteps)
-    return result, SampleInfo(solver=solver, nfe=model.nfe - nfe_before, steps=grid_used.numel() - 1,
-                              timesteps=grid_used, extra=extra)

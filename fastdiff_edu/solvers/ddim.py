@@ -19,6 +19,7 @@ import torch
 from ..prediction import Prediction
 from ..schedules import Schedule
 from ._common import Callback, StepLoop, check_inputs, noise_like, on_device
+from .registry import SamplerSpec, register
 
 Tensor = torch.Tensor
 
@@ -94,3 +95,9 @@ def ddpm(model: Prediction, x_T: Tensor, timesteps, *, variance: str = "posterio
     "large" choice of Sec. 3.2). No noise is added on a final step to zero noise.
     """
     return _transfer("ddpm", model, x_T, timesteps, 1.0, variance, generator, callback, progress)
+
+
+register(SamplerSpec("ddim", ddim, order=1, default_grid="time_uniform", chapter="recap",
+                     summary="DDIM (eta=0 deterministic; eta>0 stochastic)"))
+register(SamplerSpec("ddpm", ddpm, order=None, default_grid="time_uniform", chapter="recap", stochastic=True,
+                     summary="DDPM ancestral sampling"))

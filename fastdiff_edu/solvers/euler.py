@@ -13,6 +13,7 @@ import torch
 from ..prediction import Prediction
 from ..schedules import Schedule
 from ._common import Callback, StepLoop, check_inputs, on_device
+from .registry import SamplerSpec, register
 
 Tensor = torch.Tensor
 
@@ -38,3 +39,7 @@ def euler(model: Prediction, x_T: Tensor, timesteps, *, callback: Callback | Non
         loop.done(i, x)
     loop.check()
     return x
+
+
+register(SamplerSpec("euler", euler, order=1, default_grid="time_uniform", chapter="recap",
+                     summary="Euler in t on the probability-flow ODE"))

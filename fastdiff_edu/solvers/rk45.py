@@ -12,6 +12,7 @@ import torch
 from ..ode import integrate
 from ..prediction import Prediction
 from ._common import check_inputs
+from .registry import SamplerSpec, register
 
 Tensor = torch.Tensor
 
@@ -28,9 +29,13 @@ def rk45(model: Prediction, x_T: Tensor, timesteps, *, rtol: float = 1e-5, atol:
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rk45: rtol and atol must be positive, got rtol={rtol}, atol={atol}")
     x, info = integrate(model, x_T, float(grid[0]), float(grid[-1]), variable="t", method=method,
-                        rtol=rtol, atol=atol)
+                        rtol=rtol, atol=atol, progress=progress)
     if callback is not None:
         callback(0, grid[-1], x)
     return (x, info) if return_info else x
 
 
+
+
+register(SamplerSpec("rk45", rk45, order=None, default_grid="time_uniform", chapter="recap", adaptive=True,
+                     summary="scipy RK45 in t (Song et al. 2021 baseline)"))
