@@ -63,14 +63,16 @@ class IntegrationInfo:
 
 def integrate(model: Prediction, x_start: Tensor, t_start, t_end, *, variable: str = "half_log_snr",
               method: str = "DOP853", rtol: float = 1e-10, atol: float | None = None,
-              progress: bool = False) -> tuple[Tensor, IntegrationInfo]:
+              call_dtype: torch.dtype | None = None, progress: bool = False) -> tuple[Tensor, IntegrationInfo]:
     """Solve the probability-flow ODE from ``t_start`` to ``t_end`` with ``scipy.integrate.solve_ivp``.
 
     ``variable="half_log_snr"`` integrates x/alpha in lambda (smooth, well scaled);
     ``variable="t"`` integrates x in t, the way Song et al. ran RK45. The state is the whole
     batch flattened into one float64 vector, so the error control is an RMS over all samples.
-    The result has the dtype and device of ``x_start``. ``progress=True`` shows how much of
-    the time span has been covered.
+    The model is called with ``call_dtype`` (default: ``x_start``'s dtype, float32 for half
+    precision); the result has the dtype and device of ``x_start``. A non-finite model output
+    raises FloatingPointError naming the time. ``progress=True`` shows the share of the time
+    span covered.
     """
     sched = model.schedule
     t_start, t_end = float(t_start), float(t_end)
@@ -84,7 +86,8 @@ def integrate(model: Prediction, x_start: Tensor, t_start, t_end, *, variable: s
         raise ValueError(f"t_start={t_start} must be larger than t_end={t_end} (sampling goes from noise to data)")
     atol = rtol * 1e-2 if atol is None else atol
     shape, dtype, device = x_start.shape, x_start.dtype, x_start.device
-    call_dtype = dtype if dtype == torch.float64 else torch.float32
+    if call_dtype is None:
+        call_dtype = dtype if dtype in (torch.float64, torch.float32) else torch.float32
     nfe_before = model.nfe
 
     def as_tensor(y: np.ndarray) -> Tensor:
@@ -114,10 +117,15 @@ def integrate(model: Prediction, x_start: Tensor, t_start, t_end, *, variable: s
                bar_format="{l_bar}{bar}| {elapsed}")
 
     def tracked_rhs(time, y):
+        derivative = rhs(time, y)
+        if not np.all(np.isfinite(derivative)):
+            bar.close()
+            raise FloatingPointError(f"{method}: the probability-flow ODE's right-hand side is NaN or Inf at "
+                                     f"{variable}={time:.6g}; the model produced non-finite values")
         done = int(1000 * (time - span[0]) / (span[1] - span[0]))
         if done > bar.n:
             bar.update(done - bar.n)
-        return rhs(time, y)
+        return derivative
 
     sol = solve_ivp(tracked_rhs, span, y0, method=method, rtol=rtol, atol=atol)
     bar.close()

@@ -21,6 +21,8 @@ def solve(model: Prediction, x_T: torch.Tensor, t_start=None, t_end=None, *, rto
           atol: float | None = None, return_info: bool = False, progress: bool = False):
     """Solve the probability-flow ODE from ``t_start`` (default ``t_max``) to ``t_end``
     (default ``t_min``) starting at ``x_T``; float64 inside, ``x_T``'s dtype and device out.
+    The model is called in float64 (a network must accept it: wrap ``net.double()``), since a
+    float32 model cannot meet ``rtol=1e-10`` and would make the solver crawl.
 
     Returns the end point, or ``(end point, IntegrationInfo)`` with ``return_info=True``.
     """
@@ -28,6 +30,6 @@ def solve(model: Prediction, x_T: torch.Tensor, t_start=None, t_end=None, *, rto
     t_start = sched.t_max if t_start is None else t_start
     t_end = sched.t_min if t_end is None else t_end
     x_end, info = integrate(model, x_T, t_start, t_end, variable="half_log_snr", method="DOP853",
-                            rtol=rtol, atol=atol, progress=progress)
+                            rtol=rtol, atol=atol, call_dtype=torch.float64, progress=progress)
     return (x_end, info) if return_info else x_end
 

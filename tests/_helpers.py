@@ -5,8 +5,6 @@ once they are imported into it (pytest finds fixtures by name in the module's na
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -119,16 +117,3 @@ def small_mixture(dim: int = 3, modes: int = 3, seed: int = 1) -> problems.Gauss
     cov = a @ a.transpose(1, 2) + 0.05 * torch.eye(dim, dtype=F64)
     weights = torch.arange(1, modes + 1, dtype=F64)
     return problems.GaussianMixture(means, cov, weights)
-
-
-def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.to(F64) - b.to(F64)).abs().max())
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    b64 = b.to(F64)
-    return float((a.to(F64) - b64).abs().max() / max(1.0, float(b64.abs().max())))
-
-
-def finite(value: float) -> bool:
-    return math.isfinite(value)

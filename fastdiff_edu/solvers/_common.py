@@ -46,7 +46,13 @@ def on_device(values: Tensor, like: Tensor) -> Tensor:
 
 
 def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    """Standard normal noise of x's shape, dtype and device.
+
+    Drawn in float32 and then cast, so that one seed gives the same noise whatever the sample's
+    dtype (torch draws different numbers for float32 and float64): a float16 run and its float64
+    reference then see the same noise, and their difference measures precision alone.
+    """
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device).to(x.dtype)
 
 
 class StepLoop:

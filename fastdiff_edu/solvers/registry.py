@@ -88,14 +88,17 @@ def sample(model: Prediction, x_T: Tensor, solver: str, timesteps=None, nfe: int
     """
     spec = get(solver)
     if not isinstance(model, Prediction):
-        raise TypeError(f"model must be a Prediction, got {type(model).__name__}")
+        raise TypeError(f"model must be a fastdiff_edu.prediction.Prediction (wrap your network with "
+                        f"Prediction(fn, schedule, kind=...)), got {type(model).__name__}")
     schedule = model.schedule if schedule is None else schedule
     if schedule is not model.schedule and repr(schedule) != repr(model.schedule):
         raise ValueError(f"the grid's schedule {schedule!r} differs from the model's {model.schedule!r}")
     if timesteps is not None and (nfe is not None or grid is not None):
         raise ValueError("give either timesteps or nfe (with an optional grid), not both")
+    if spec.adaptive and nfe is not None:
+        raise ValueError(f"{solver} is adaptive and chooses its own steps: control it with rtol/atol, not nfe")
     if timesteps is None:
-        if spec.adaptive and nfe is None:
+        if spec.adaptive:
             start = schedule.t_max if t_start is None else t_start
             end = schedule.t_min if t_end is None else t_end
             timesteps = torch.tensor([float(start), float(end)], dtype=torch.float64)
@@ -107,14 +110,18 @@ def sample(model: Prediction, x_T: Tensor, solver: str, timesteps=None, nfe: int
             steps = spec.steps_for_nfe(nfe)
             timesteps = _timesteps.make(schedule, grid or spec.default_grid, steps, t_start, t_end)
     kwargs = {**spec.defaults, **options}
+    if spec.adaptive and return_info:
+        kwargs["return_info"] = True  # the solver's own step count goes into the info
     nfe_before = model.nfe
     result = spec.fn(model, x_T, timesteps, **kwargs)
+    if not return_info:
+        return result
     extra = {}
+    grid_used = _timesteps.validate(schedule, timesteps)
+    steps = grid_used.numel() - 1
     if isinstance(result, tuple):
         result, detail = result
         extra = {"detail": detail}
-    if not return_info:
-        return result
-    grid_used = _timesteps.validate(schedule, timesteps)
-    return result, SampleInfo(solver=solver, nfe=model.nfe - nfe_before, steps=grid_used.numel() - 1,
+        steps = getattr(detail, "steps", steps)
+    return result, SampleInfo(solver=solver, nfe=model.nfe - nfe_before, steps=steps,
                               timesteps=grid_used, extra=extra)
