@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import metrics, problems, reference, schedules, solvers, timesteps
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .prediction import Prediction
 from .schedules import as_float64

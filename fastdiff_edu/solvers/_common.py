@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..prediction import Prediction
 from ..timesteps import validate
@@ -17,7 +17,7 @@ from ..timesteps import validate
 Tensor = torch.Tensor
 Callback = Callable[[int, Tensor, Tensor], None]
 
-__all__ = ["check_inputs", "StepLoop", "noise_like", "on_device"]
+__all__ = ["check_inputs", "StepLoop", "noise_like", "on_device", "predict", "run_linear_multistep"]
 
 
 def check_inputs(name: str, model: Prediction, x_T: Tensor, timesteps, *, min_steps: int = 1,
@@ -94,3 +94,33 @@ class StepLoop:
                 f"{self.name}: NaN or Inf appeared at step {first} of {self.steps} (t={float(self.grid[first]):.6g} -> "
                 f"{float(self.grid[first + 1]):.6g}). Try more steps, a smaller step near t_min, or a wider dtype")
 
+
+
+def predict(model: Prediction, prediction: str, x: Tensor, t: Tensor) -> Tensor:
+    """The prediction a solver extrapolates: ``"eps"`` or ``"x0"``."""
+    return model.eps(x, t) if prediction == "eps" else model.x0(x, t)
+
+
+def run_linear_multistep(name: str, model: Prediction, x_T: Tensor, grid: Tensor, prediction: str,
+                         c_x: Tensor, weights: Tensor, callback: Callback | None = None,
+                         progress: bool = False) -> Tensor:
+    """The loop of every linear multistep method here (DPM-Solver-kM, DEIS tAB/rhoAB, iPNDM):
+
+        x_{i+1} = c_x[i] x_i + sum_j weights[i, j] F_{i-j},     F = the model's eps or x0,
+
+    one evaluation per step, the last ``weights.shape[1]`` predictions kept in a local list.
+    ``c_x`` and ``weights`` are float64 tables computed before the loop (zeros where a step uses
+    less history); they are cast once to the sample's dtype and device.
+    """
+    c_x, weights = on_device(c_x, x_T), on_device(weights, x_T)
+    depth = weights.shape[1]
+    loop = StepLoop(name, grid, x_T, callback, progress)
+    x, history = x_T, []
+    for i in loop:
+        history = [predict(model, prediction, x, loop.times[i])] + history[: depth - 1]
+        x = c_x[i] * x
+        for j, previous in enumerate(history):
+            x = x + weights[i, j] * previous
+        loop.done(i, x)
+    loop.check()
+    return x

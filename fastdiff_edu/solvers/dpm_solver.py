@@ -27,7 +27,7 @@ import torch
 
 from ..exponential import expansion_weights
 from ..prediction import Prediction
-from ._common import Callback, StepLoop, check_inputs, on_device
+from ._common import Callback, StepLoop, check_inputs, on_device, predict, run_linear_multistep
 from .registry import SamplerSpec, register
 
 Tensor = torch.Tensor
@@ -44,10 +44,6 @@ def _check_options(name: str, solver_type: str, third_order: str = "corrected") 
         raise ValueError(f"{name}: solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
     if third_order not in THIRD_ORDER:
         raise ValueError(f"{name}: third_order must be one of {THIRD_ORDER}, got {third_order!r}")
-
-
-def _predict(model: Prediction, prediction: str, x: Tensor, t: Tensor) -> Tensor:
-    return model.eps(x, t) if prediction == "eps" else model.x0(x, t)
 
 
 def derivative_weights(offsets: Tensor) -> Tensor:
@@ -84,21 +80,11 @@ def multistep_weights(schedule, grid: Tensor, prediction: str, order: int, solve
 def multistep(name: str, model: Prediction, x_T: Tensor, timesteps, *, prediction: str, order: int,
               solver_type: str = "dpmsolver", third_order: str = "corrected", callback: Callback | None = None,
               progress: bool = False) -> Tensor:
-    """A k-step exponential integrator: one evaluation per step, history in local variables."""
+    """A k-step exponential integrator in lambda: one evaluation per step."""
     grid = check_inputs(name, model, x_T, timesteps)
     _check_options(name, solver_type, third_order)
-    c_x, weights = (on_device(c, x_T) for c in multistep_weights(model.schedule, grid, prediction, order,
-                                                                    solver_type, third_order))
-    loop = StepLoop(name, grid, x_T, callback, progress)
-    x, history = x_T, []
-    for i in loop:
-        history = [_predict(model, prediction, x, loop.times[i])] + history[: order - 1]
-        x = c_x[i] * x
-        for j, previous in enumerate(history):
-            x = x + weights[i, j] * previous
-        loop.done(i, x)
-    loop.check()
-    return x
+    c_x, weights = multistep_weights(model.schedule, grid, prediction, order, solver_type, third_order)
+    return run_linear_multistep(name, model, x_T, grid, prediction, c_x, weights, callback, progress)
 
 
 def singlestep(name: str, model: Prediction, x_T: Tensor, timesteps, *, prediction: str, order: int,
@@ -132,18 +118,18 @@ def singlestep(name: str, model: Prediction, x_T: Tensor, timesteps, *, predicti
     loop = StepLoop(name, grid, x_T, callback, progress)
     x = x_T
     for i in loop:
-        f_s = _predict(model, prediction, x, times[i])
+        f_s = predict(model, prediction, x, times[i])
         if order == 1:
             x = c_x[i] * x + w[i, 0] * f_s
         elif order == 2:
             u1 = c_x1[i] * x + w1[i, 0] * f_s
-            slope = (_predict(model, prediction, u1, mid1[i]) - f_s) / r1  # ~ h f'
+            slope = (predict(model, prediction, u1, mid1[i]) - f_s) / r1  # ~ h f'
             x = c_x[i] * x + w[i, 0] * f_s + w_slope[i] * slope
         else:
             u1 = c_x1[i] * x + w1[i, 0] * f_s
-            slope1 = (_predict(model, prediction, u1, mid1[i]) - f_s) * (r2 / r1)  # ~ r2 h f'
+            slope1 = (predict(model, prediction, u1, mid1[i]) - f_s) * (r2 / r1)  # ~ r2 h f'
             u2 = c_x2[i] * x + w2[i, 0] * f_s + w2[i, 1] * slope1
-            slope2 = (_predict(model, prediction, u2, mid2[i]) - f_s) / r2  # ~ h f'
+            slope2 = (predict(model, prediction, u2, mid2[i]) - f_s) / r2  # ~ h f'
             x = c_x[i] * x + w[i, 0] * f_s + w_slope[i] * slope2
         loop.done(i, x)
     loop.check()
@@ -201,7 +187,7 @@ def dpm_solver_pp_3m(model, x_T, timesteps, *, third_order="corrected", **option
 
 
 def _steps_of(evaluations_per_step: int):
-    return lambda nfe: max(1, nfe // evaluations_per_step)
+    return lambda nfe, options: nfe // evaluations_per_step
 
 
 for _name, _fn, _order, _per_step, _summary in [

@@ -7,7 +7,8 @@ NFE = 10" in one loop. Each solver module registers its own samplers when it is 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -20,7 +21,7 @@ Tensor = torch.Tensor
 __all__ = ["SamplerSpec", "REGISTRY", "register", "get", "sample", "SampleInfo"]
 
 
-def _one_per_step(nfe: int) -> int:
+def _one_per_step(nfe: int, options: dict) -> int:
     return nfe
 
 
@@ -28,8 +29,9 @@ def _one_per_step(nfe: int) -> int:
 class SamplerSpec:
     """A registry entry.
 
-    ``steps_for_nfe`` turns an NFE budget into a step count (the sampler then reports the NFE it
-    really used); ``min_nfe`` is the smallest budget that works.
+    ``steps_for_nfe(nfe, options)`` (or ``steps_for_nfe(nfe)``) turns an NFE budget into a step count given the sampler's
+    options (the sampler then reports the NFE it really used; it must never exceed the budget);
+    ``min_nfe`` is the smallest budget that works with the default options.
     """
 
     name: str
@@ -39,7 +41,7 @@ class SamplerSpec:
     chapter: str
     stochastic: bool = False
     adaptive: bool = False
-    steps_for_nfe: Callable[[int], int] = _one_per_step
+    steps_for_nfe: Callable[[int, dict], int] = _one_per_step
     min_nfe: int = 1
     defaults: dict = field(default_factory=dict)
     summary: str = ""
@@ -49,6 +51,11 @@ REGISTRY: dict[str, SamplerSpec] = {}
 
 
 def register(spec: SamplerSpec) -> SamplerSpec:
+    """Add ``spec``; a one-argument ``steps_for_nfe(nfe)`` is accepted for budgets that do not
+    depend on the options."""
+    if len(inspect.signature(spec.steps_for_nfe).parameters) == 1:
+        by_nfe = spec.steps_for_nfe
+        spec = replace(spec, steps_for_nfe=lambda nfe, options: by_nfe(nfe))
     if spec.name in REGISTRY:
         raise ValueError(f"sampler {spec.name!r} is already registered")
     REGISTRY[spec.name] = spec
@@ -107,7 +114,9 @@ def sample(model: Prediction, x_T: Tensor, solver: str, timesteps=None, nfe: int
         else:
             if not isinstance(nfe, int) or nfe < spec.min_nfe:
                 raise ValueError(f"{solver} needs an integer nfe >= {spec.min_nfe}, got {nfe!r}")
-            steps = spec.steps_for_nfe(nfe)
+            steps = spec.steps_for_nfe(nfe, {**spec.defaults, **options})
+            if steps < 1:
+                raise ValueError(f"{solver}: an NFE budget of {nfe} buys no step with these options")
             timesteps = _timesteps.make(schedule, grid or spec.default_grid, steps, t_start, t_end)
     kwargs = {**spec.defaults, **options}
     if spec.adaptive and return_info:
