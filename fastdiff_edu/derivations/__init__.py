@@ -1,0 +1,37 @@
+"""Derivations as code: sympy expressions for the coefficients the samplers use.
+
+Each submodule belongs to a book chapter; its functions return sympy expressions (no side
+effects) that the chapter displays and the tests lambdify and compare with the package.
+
+- :mod:`.pf_ode` (recap): the forward SDE of ``x_t = alpha x_0 + sigma eps``, the
+  probability-flow ODE, its Fokker-Planck check, the eps form, VP schedules, DDIM's exactness
+  for a point mass.
+"""
+from . import pf_ode
+from .pf_ode import (
+    ddim_point_mass_residual,
+    ddim_step,
+    eps_form_difference,
+    fokker_planck_difference,
+    fokker_planck_rhs,
+    forward_sde_coefficients,
+    gaussian_marginal_residual,
+    half_log_snr,
+    moment_odes,
+    pf_ode_drift,
+    pf_ode_eps_form,
+    point_mass_ode_residual,
+    point_mass_solution,
+    vp_coefficients,
+    vp_cosine_log_alpha,
+    vp_linear_beta_residuals,
+    vp_linear_log_alpha,
+)
+
+__all__ = [
+    "pf_ode",
+    "ddim_point_mass_residual", "ddim_step", "eps_form_difference", "fokker_planck_difference",
+    "fokker_planck_rhs", "forward_sde_coefficients", "gaussian_marginal_residual", "half_log_snr",
+    "moment_odes", "pf_ode_drift", "pf_ode_eps_form", "point_mass_ode_residual", "point_mass_solution",
+    "vp_coefficients", "vp_cosine_log_alpha", "vp_linear_beta_residuals", "vp_linear_log_alpha",
+]
