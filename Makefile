@@ -18,7 +18,7 @@ K_DIFFUSION_SPEC ?= k-diffusion==0.1.1.post1
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(EXTRAS)
 NB_DIRS := $(wildcard book tutorials)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 
 .DEFAULT_GOAL := help
 .PHONY: help install book test lab clean distclean

@@ -238,6 +238,7 @@ class DiscreteVP(_VP):
         self._knots_t = torch.arange(0, n + 1, dtype=torch.float64) / n
         self._knots_log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64),
                                            0.5 * torch.log(alphas_cumprod)])
+        self._knots_on: dict[str, tuple[Tensor, Tensor]] = {}
 
     @classmethod
     def from_betas(cls, betas) -> "DiscreteVP":
@@ -257,33 +258,39 @@ class DiscreteVP(_VP):
         root = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64)
         return cls.from_betas(root**2)
 
+    def _knots(self, device) -> tuple[Tensor, Tensor]:
+        """The knots (t, log alpha) on ``device``, copied there once and then reused, so that a
+        sampling loop on a GPU makes no host-to-device copy per step."""
+        key = str(device)
+        if key not in self._knots_on:
+            self._knots_on[key] = (self._knots_t.to(device), self._knots_log_alpha.to(device))
+        return self._knots_on[key]
+
     def _segment(self, t: Tensor) -> Tensor:
         # index k of the segment [knot_k, knot_{k+1}] holding t; a knot belongs to the
         # segment on its left, the one a decreasing-time sampler steps through next
-        knots = self._knots_t.to(t.device)
+        knots, _ = self._knots(t.device)
         k = torch.searchsorted(knots, t.contiguous(), right=False) - 1
         return k.clamp(0, self.num_steps - 1)
 
     def log_alpha(self, t) -> Tensor:
         t = as_float64(t)
         k = self._segment(t)
-        knots_t = self._knots_t.to(t.device)
-        knots_y = self._knots_log_alpha.to(t.device)
+        knots_t, knots_y = self._knots(t.device)
         slope = (knots_y[k + 1] - knots_y[k]) / (knots_t[k + 1] - knots_t[k])
         return knots_y[k] + slope * (t - knots_t[k])
 
     def d_log_alpha(self, t) -> Tensor:
         t = as_float64(t)
         k = self._segment(t)
-        knots_t = self._knots_t.to(t.device)
-        knots_y = self._knots_log_alpha.to(t.device)
+        knots_t, knots_y = self._knots(t.device)
         return (knots_y[k + 1] - knots_y[k]) / (knots_t[k + 1] - knots_t[k])
 
     def t_of_half_log_snr(self, lam) -> Tensor:
         log_alpha = self.log_alpha_of_half_log_snr(lam)
         # log alpha(t) is decreasing: invert the piecewise-linear map on the negated knots
-        neg_y = -self._knots_log_alpha.to(log_alpha.device)
-        knots_t = self._knots_t.to(log_alpha.device)
+        knots_t, knots_y = self._knots(log_alpha.device)
+        neg_y = -knots_y
         k = (torch.searchsorted(neg_y, (-log_alpha).contiguous()) - 1).clamp(0, self.num_steps - 1)
         frac = (-log_alpha - neg_y[k]) / (neg_y[k + 1] - neg_y[k])
         return knots_t[k] + frac * (knots_t[k + 1] - knots_t[k])

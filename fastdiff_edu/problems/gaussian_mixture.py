@@ -57,6 +57,7 @@ class GaussianMixture:
         self.weights = weights / weights.sum()
         self.eigvals, self.eigvecs = eigvals, eigvecs
         self.num_components, self.dim = k, d
+        self._on_device: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     def __repr__(self) -> str:
         return f"GaussianMixture(components={self.num_components}, dim={self.dim})"
@@ -88,18 +89,26 @@ class GaussianMixture:
         return self.marginal(schedule.alpha(t), schedule.sigma(t))
 
     # -- the diffused density and its score, batched ------------------------------------------
+    def _parameters(self, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(means, eigvecs, eigvals, log weights) on ``device``, copied there once."""
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = (self.means.to(device), self.eigvecs.to(device), self.eigvals.to(device),
+                                    torch.log(self.weights).to(device))
+        return self._on_device[key]
+
     def _components(self, x: Tensor, alpha, sigma):
         """Per component: coordinates in the eigenbasis, marginal eigenvalues, log densities."""
         x = as_float64(x)
         dev = x.device
         alpha = _column(alpha, x.shape[0]).to(dev)
         sigma = _column(sigma, x.shape[0]).to(dev)
-        means, eigvecs = self.means.to(dev), self.eigvecs.to(dev)
+        means, eigvecs, eigvals, log_weights = self._parameters(dev)
         # (K, B, d): x - alpha mu_k in the eigenbasis of S_k, one batched matmul
         y = torch.matmul(x[None] - alpha[None] * means[:, None, :], eigvecs)
-        lam = alpha[None] ** 2 * self.eigvals.to(dev)[:, None, :] + sigma[None] ** 2
+        lam = alpha[None] ** 2 * eigvals[:, None, :] + sigma[None] ** 2
         log_norm = -0.5 * (torch.log(lam).sum(-1) + self.dim * math.log(2 * math.pi))
-        log_comp = torch.log(self.weights.to(dev))[:, None] + log_norm - 0.5 * (y**2 / lam).sum(-1)
+        log_comp = log_weights[:, None] + log_norm - 0.5 * (y**2 / lam).sum(-1)
         return y, lam, log_comp.T  # log_comp: (B, K)
 
     def log_prob(self, x: Tensor, alpha=1.0, sigma=0.0) -> Tensor:
@@ -111,7 +120,7 @@ class GaussianMixture:
         y, lam, log_comp = self._components(x, alpha, sigma)
         resp = torch.softmax(log_comp, dim=1)  # (B, K) posterior over components
         grad_in_basis = -(y / lam) * resp.T[:, :, None]
-        return torch.matmul(grad_in_basis, self.eigvecs.to(y.device).transpose(1, 2)).sum(0)
+        return torch.matmul(grad_in_basis, self._parameters(y.device)[1].transpose(1, 2)).sum(0)
 
     def score(self, x: Tensor, alpha, sigma) -> Tensor:
         """grad_x log p_t(x), exactly; alpha and sigma are scalars or one per sample."""
