@@ -23,7 +23,7 @@ from .registry import SamplerSpec, register
 
 Tensor = torch.Tensor
 
-__all__ = ["ddim", "ddpm", "ddim_coefficients"]
+__all__ = ["ddim", "ddpm", "ddim_coefficients", "run_transfer"]
 
 
 def ddim_coefficients(schedule: Schedule, grid: Tensor, eta: float = 0.0,
@@ -55,23 +55,37 @@ def ddim_coefficients(schedule: Schedule, grid: Tensor, eta: float = 0.0,
     return c_x, c_eps, c_noise
 
 
-def _transfer(name: str, model: Prediction, x_T: Tensor, timesteps, eta: float, noise: str,
-              generator: torch.Generator | None, callback: Callback | None, progress: bool) -> Tensor:
-    """The loop DDIM and DDPM share: one eps evaluation and one linear update per step."""
-    grid = check_inputs(name, model, x_T, timesteps)
-    if not eta >= 0.0:
-        raise ValueError(f"{name}: eta must be >= 0, got {eta}")
-    c_x, c_eps, c_noise = (on_device(c, x_T) for c in ddim_coefficients(model.schedule, grid, eta, noise))
+def run_transfer(name: str, model: Prediction, x_T: Tensor, grid: Tensor, c_x: Tensor, c_eps: Tensor,
+                 c_noise: Tensor, generator: torch.Generator | None = None, callback: Callback | None = None,
+                 progress: bool = False) -> Tensor:
+    """The loop of every sampler built on the transfer step (DDIM, DDPM, FastDPM, Analytic-DPM):
+
+        x_{i+1} = c_x[i] x_i + c_eps[i] eps_hat(x_i, t_i) + c_noise[i] z_i,
+
+    one evaluation per step. The float64 coefficient tables are cast once; which steps draw
+    noise (c_noise > 0) is decided before the loop, so nothing inside it talks to the host.
+    """
+    noisy = (c_noise > 0).tolist()
+    c_x, c_eps, c_noise = (on_device(c, x_T) for c in (c_x, c_eps, c_noise))
     loop = StepLoop(name, grid, x_T, callback, progress)
     x = x_T
     for i in loop:
         eps = model.eps(x, loop.times[i])
         x = c_x[i] * x + c_eps[i] * eps
-        if eta > 0:
+        if noisy[i]:
             x = x + c_noise[i] * noise_like(x, generator)
         loop.done(i, x)
     loop.check()
     return x
+
+
+def _transfer(name: str, model: Prediction, x_T: Tensor, timesteps, eta: float, noise: str,
+              generator: torch.Generator | None, callback: Callback | None, progress: bool) -> Tensor:
+    grid = check_inputs(name, model, x_T, timesteps)
+    if not eta >= 0.0:
+        raise ValueError(f"{name}: eta must be >= 0, got {eta}")
+    return run_transfer(name, model, x_T, grid, *ddim_coefficients(model.schedule, grid, eta, noise),
+                        generator=generator, callback=callback, progress=progress)
 
 
 def ddim(model: Prediction, x_T: Tensor, timesteps, *, eta: float = 0.0, generator: torch.Generator | None = None,
