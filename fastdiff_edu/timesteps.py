@@ -51,13 +51,33 @@ def _discrete_labels(schedule: DiscreteVP, kind: str, steps: int) -> Tensor:
     return torch.sort(labels, descending=True).values
 
 
-def make(schedule: Schedule, kind: str, steps: int, t_start=None, t_end=None, *, rho: float = 7.0) -> Tensor:
-    """``steps + 1`` decreasing times from ``t_start`` to ``t_end`` on grid ``kind``."""
+def make(schedule: Schedule, kind: str, steps: int, t_start=None, t_end=None, *, rho: float = 7.0,
+         append_zero: bool = False) -> Tensor:
+    """``steps + 1`` decreasing times from ``t_start`` to ``t_end`` on grid ``kind``.
+
+    ``append_zero=True`` ends the grid at t = 0 (clean data), as EDM's sigma_N = 0 and
+    k-diffusion's ``append_zero``: the first ``steps`` times follow ``kind`` from ``t_start`` to
+    ``t_end`` and the last step goes to 0, so ``steps`` still counts the steps (EDM's N,
+    k-diffusion's ``n`` in ``get_sigmas_karras(n, ...)``). Only for schedules that reach zero
+    noise (VP, EDM) and the continuous kinds (the discrete spacings end at 0 already).
+    """
     kind = ALIASES.get(kind, kind)
     if kind not in KINDS:
         raise ValueError(f"unknown grid kind {kind!r}; choose one of {KINDS}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if append_zero:
+        if not schedule.reaches_zero_noise:
+            raise ValueError(f"append_zero: {schedule!r} never reaches zero noise, so a grid cannot end at t = 0; "
+                             "leave append_zero unset (the grid ends at t_end)")
+        if kind in DISCRETE_KINDS:
+            raise ValueError(f"append_zero: the {kind!r} spacing already ends at t_end, which defaults to 0; "
+                             "leave append_zero unset")
+        if t_end is not None and float(t_end) <= 0.0:
+            raise ValueError(f"append_zero: t_end={t_end} is where the {kind!r} part ends before the final step "
+                             "to t = 0, so it must be positive (default: t_min)")
+        head = make(schedule, kind, max(steps - 1, 1), t_start, t_end, rho=rho)[:steps]
+        return validate(schedule, torch.cat([head, head.new_zeros(1)]), what=f"the {kind!r} grid with a zero end")
 
     if kind in DISCRETE_KINDS:
         if not isinstance(schedule, DiscreteVP):

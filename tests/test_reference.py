@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastdiff_edu import problems, reference
-from fastdiff_edu.prediction import ModelCallError, Prediction
+from fastdiff_edu.prediction import Prediction
 from fastdiff_edu.schedules import EDM, DiscreteVP, VPLinear
 from tests._helpers import counting_model, single_thread, small_gaussian  # noqa: F401
 
