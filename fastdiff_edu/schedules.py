@@ -266,34 +266,35 @@ class DiscreteVP(_VP):
             self._knots_on[key] = (self._knots_t.to(device), self._knots_log_alpha.to(device))
         return self._knots_on[key]
 
-    def _segment(self, t: Tensor) -> Tensor:
-        # index k of the segment [knot_k, knot_{k+1}] holding t; a knot belongs to the
-        # segment on its left, the one a decreasing-time sampler steps through next
-        knots, _ = self._knots(t.device)
-        k = torch.searchsorted(knots, t.contiguous(), right=False) - 1
-        return k.clamp(0, self.num_steps - 1)
+    def _segment(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """For 1-d ``t``: the knots (t_k, t_k+1, y_k, y_k+1) of the segment holding each time; a knot
+        belongs to the segment on its left, the one a decreasing-time sampler steps through next.
+
+        Works on 1-d tensors only: indexing with a 0-d CUDA tensor (and searchsorted on one) would
+        synchronise with the host, so callers flatten and reshape.
+        """
+        knots_t, knots_y = self._knots(t.device)
+        k = (torch.searchsorted(knots_t, t.contiguous(), right=False) - 1).clamp(0, self.num_steps - 1)
+        return knots_t[k], knots_t[k + 1], knots_y[k], knots_y[k + 1]
 
     def log_alpha(self, t) -> Tensor:
         t = as_float64(t)
-        k = self._segment(t)
-        knots_t, knots_y = self._knots(t.device)
-        slope = (knots_y[k + 1] - knots_y[k]) / (knots_t[k + 1] - knots_t[k])
-        return knots_y[k] + slope * (t - knots_t[k])
+        t0, t1, y0, y1 = self._segment(t.reshape(-1))
+        return (y0 + (y1 - y0) / (t1 - t0) * (t.reshape(-1) - t0)).reshape(t.shape)
 
     def d_log_alpha(self, t) -> Tensor:
         t = as_float64(t)
-        k = self._segment(t)
-        knots_t, knots_y = self._knots(t.device)
-        return (knots_y[k + 1] - knots_y[k]) / (knots_t[k + 1] - knots_t[k])
+        t0, t1, y0, y1 = self._segment(t.reshape(-1))
+        return ((y1 - y0) / (t1 - t0)).reshape(t.shape)
 
     def t_of_half_log_snr(self, lam) -> Tensor:
         log_alpha = self.log_alpha_of_half_log_snr(lam)
         # log alpha(t) is decreasing: invert the piecewise-linear map on the negated knots
         knots_t, knots_y = self._knots(log_alpha.device)
-        neg_y = -knots_y
-        k = (torch.searchsorted(neg_y, (-log_alpha).contiguous()) - 1).clamp(0, self.num_steps - 1)
-        frac = (-log_alpha - neg_y[k]) / (neg_y[k + 1] - neg_y[k])
-        return knots_t[k] + frac * (knots_t[k + 1] - knots_t[k])
+        target = -log_alpha.reshape(-1)
+        k = (torch.searchsorted(-knots_y, target.contiguous()) - 1).clamp(0, self.num_steps - 1)
+        frac = (target + knots_y[k]) / (knots_y[k] - knots_y[k + 1])
+        return (knots_t[k] + frac * (knots_t[k + 1] - knots_t[k])).reshape(log_alpha.shape)
 
     def label(self, t) -> Tensor:
         return self.num_steps * as_float64(t) - 1.0
