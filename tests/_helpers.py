@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdiff_edu import problems, schedules
+from fastdiff_edu import metrics, problems, reference, schedules
+from fastdiff_edu.solvers import sample as fd_sample
 from fastdiff_edu.prediction import Prediction
 
 F64 = torch.float64
@@ -117,3 +118,22 @@ def small_mixture(dim: int = 3, modes: int = 3, seed: int = 1) -> problems.Gauss
     cov = a @ a.transpose(1, 2) + 0.05 * torch.eye(dim, dtype=F64)
     weights = torch.arange(1, modes + 1, dtype=F64)
     return problems.GaussianMixture(means, cov, weights)
+
+
+def gmm64_test_bed(batch: int = 16, seed: int = 0):
+    """(schedule, exact model, x_T, reference solution) of the standard test bed: gmm64 under the
+    DDPM schedule, float64, from t_max to t_min."""
+    sched = schedules.DiscreteVP.ddpm_linear()
+    model = problems.gmm64().prediction(sched)
+    x_T = sched.prior_sample((batch, 64), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return sched, model, x_T, reference.solve(model, x_T)
+
+
+def measured_order(model, x_T, reference_solution, name: str, nfes, **options):
+    """(fitted order, NFEs really used) of sampler ``name`` over the budgets ``nfes``."""
+    used, errors = [], []
+    for nfe in nfes:
+        x, info = fd_sample(model, x_T, name, nfe=nfe, return_info=True, **options)
+        used.append(info.nfe)
+        errors.append(metrics.rmse(x, reference_solution))
+    return metrics.empirical_order(used, errors), used

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastdiff_edu as fd
+from tests._helpers import gmm64_test_bed, measured_order, single_thread  # noqa: F401 (autouse)
 from fastdiff_edu.solvers.deis import lagrange_integrals
 
 F64 = torch.float64
@@ -12,11 +13,7 @@ F64 = torch.float64
 
 @pytest.fixture(scope="module")
 def bed():
-    torch.set_num_threads(1)
-    sched = fd.schedules.DiscreteVP.ddpm_linear()
-    model = fd.problems.gmm64().prediction(sched)
-    x_T = sched.prior_sample((16, 64), generator=torch.Generator().manual_seed(0), dtype=F64)
-    return sched, model, x_T, fd.reference.solve(model, x_T)
+    return gmm64_test_bed()
 
 
 @pytest.mark.parametrize("name,options", [("deis-tab", {"order": 0}), ("deis-rhoab", {"order": 0}),
@@ -60,13 +57,9 @@ def test_tab_quadrature_is_converged(sched):
 ])
 def test_measured_order(bed, name, options, order, nfes):
     _, model, x_T, ref = bed
-    used, errors = [], []
-    for nfe in nfes:
-        x, info = fd.sample(model, x_T, name, nfe=nfe, return_info=True, **options)
-        used.append(info.nfe)
-        errors.append(fd.metrics.rmse(x, ref))
+    measured, used = measured_order(model, x_T, ref, name, nfes, **options)
     assert used == nfes
-    assert abs(fd.metrics.empirical_order(used, errors) - order) < 0.3
+    assert abs(measured - order) < 0.3
 
 
 def test_options_are_checked_before_any_model_call(bed):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fastdiff_edu as fd
+from tests._helpers import gmm64_test_bed, measured_order, single_thread  # noqa: F401 (autouse)
 from fastdiff_edu.exponential import expansion_weights, phi
 from fastdiff_edu.solvers.dpm_solver import derivative_weights
 
@@ -17,11 +18,7 @@ F64 = torch.float64
 
 @pytest.fixture(scope="module")
 def bed():
-    torch.set_num_threads(1)
-    sched = fd.schedules.DiscreteVP.ddpm_linear()
-    model = fd.problems.gmm64().prediction(sched)
-    x_T = sched.prior_sample((16, 64), generator=torch.Generator().manual_seed(0), dtype=F64)
-    return sched, model, x_T, fd.reference.solve(model, x_T)
+    return gmm64_test_bed()
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
@@ -64,12 +61,7 @@ def test_dpm_solver_1_equals_ddim(bed):
 
 def _order(bed, name, nfes, **options):
     _, model, x_T, ref = bed
-    used, errors = [], []
-    for nfe in nfes:
-        x, info = fd.sample(model, x_T, name, nfe=nfe, return_info=True, **options)
-        used.append(info.nfe)
-        errors.append(fd.metrics.rmse(x, ref))
-    return fd.metrics.empirical_order(used, errors), used
+    return measured_order(model, x_T, ref, name, nfes, **options)
 
 
 @pytest.mark.parametrize("name,order,nfes", [

@@ -63,34 +63,39 @@ def _check_order(name: str, order: int) -> None:
         raise ValueError(f"{name}: order must be 0, 1, 2 or 3 (the degree of the eps polynomial), got {order!r}")
 
 
-def tab_weights(schedule, grid: Tensor, order: int, quadrature_nodes: int = 256) -> tuple[Tensor, Tensor]:
-    """``(c_x, W)`` of DEIS tAB-``order`` on ``grid`` (see the module docstring), float64."""
-    lam = schedule.half_log_snr(grid)
+def _multistep_table(schedule, grid: Tensor, order: int, step_integrals) -> tuple[Tensor, Tensor]:
+    """``(c_x, W)`` for ``x_{i+1} = (alpha_{i+1}/alpha_i) x_i + sum_j W[i, j] eps_{i-j}`` where row i
+    holds ``step_integrals(i, k)``: the integrals of the k Lagrange basis polynomials over step i
+    (k = min(order + 1, i + 1): the first steps use the history they have)."""
     alpha = schedule.alpha(grid)
-    steps = grid.numel() - 1
-    weights = torch.zeros(steps, order + 1, dtype=torch.float64)
-    for i in range(steps):
+    weights = torch.zeros(grid.numel() - 1, order + 1, dtype=torch.float64)
+    for i in range(grid.numel() - 1):
         k = min(order + 1, i + 1)
-        nodes = grid[i - torch.arange(k)]
-        a_next = float(alpha[i + 1])
-        weights[i, :k] = lagrange_integrals(nodes, float(lam[i]), float(lam[i + 1]),
-                                            lambda l: -a_next * torch.exp(-l), schedule.t_of_half_log_snr,
-                                            quadrature_nodes)
+        weights[i, :k] = step_integrals(i, k)
     return alpha[1:] / alpha[:-1], weights
+
+
+def tab_weights(schedule, grid: Tensor, order: int, quadrature_nodes: int = 256) -> tuple[Tensor, Tensor]:
+    """DEIS tAB-``order``: the Lagrange basis in t against the kernel -alpha_{i+1} e^{-lambda}."""
+    lam, alpha = schedule.half_log_snr(grid), schedule.alpha(grid)
+
+    def step_integrals(i: int, k: int) -> Tensor:
+        a_next = float(alpha[i + 1])
+        return lagrange_integrals(grid[i - torch.arange(k)], float(lam[i]), float(lam[i + 1]),
+                                  lambda l: -a_next * torch.exp(-l), schedule.t_of_half_log_snr, quadrature_nodes)
+
+    return _multistep_table(schedule, grid, order, step_integrals)
 
 
 def rhoab_weights(schedule, grid: Tensor, order: int) -> tuple[Tensor, Tensor]:
-    """``(c_x, W)`` of DEIS rho-AB-``order``: exact integrals of the Lagrange basis in rho."""
-    rho = schedule.sigma_bar(grid)
-    alpha = schedule.alpha(grid)
-    steps = grid.numel() - 1
-    weights = torch.zeros(steps, order + 1, dtype=torch.float64)
-    for i in range(steps):
-        k = min(order + 1, i + 1)
-        weights[i, :k] = float(alpha[i + 1]) * lagrange_integrals(
-            rho[i - torch.arange(k)], float(rho[i]), float(rho[i + 1]), torch.ones_like, lambda r: r,
-            quadrature_nodes=max(2, order + 1))
-    return alpha[1:] / alpha[:-1], weights
+    """DEIS rho-AB-``order``: exact integrals of the Lagrange basis in rho, times alpha_{i+1}."""
+    rho, alpha = schedule.sigma_bar(grid), schedule.alpha(grid)
+
+    def step_integrals(i: int, k: int) -> Tensor:
+        return float(alpha[i + 1]) * lagrange_integrals(rho[i - torch.arange(k)], float(rho[i]), float(rho[i + 1]),
+                                                        torch.ones_like, lambda r: r, quadrature_nodes=max(2, order + 1))
+
+    return _multistep_table(schedule, grid, order, step_integrals)
 
 
 def deis_tab(model: Prediction, x_T: Tensor, timesteps, *, order: int = 3, quadrature_nodes: int = 256,
