@@ -32,7 +32,7 @@ from .registry import SamplerSpec, register
 
 Tensor = torch.Tensor
 
-__all__ = ["multistep", "singlestep", "multistep_weights", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3",
+__all__ = ["multistep", "singlestep", "multistep_weights", "step_coefficients", "singlestep_update", "coefficients_on", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3",
            "dpm_solver_2m", "dpm_solver_3m", "dpm_solver_pp_2s", "dpm_solver_pp_2m", "dpm_solver_pp_3m"]
 
 SOLVER_TYPES = ("dpmsolver", "taylor")
@@ -87,6 +87,65 @@ def multistep(name: str, model: Prediction, x_T: Tensor, timesteps, *, predictio
     return run_linear_multistep(name, model, x_T, grid, prediction, c_x, weights, callback, progress)
 
 
+def step_coefficients(schedule, t_from: Tensor, t_to: Tensor, r1: Tensor, r2: Tensor,
+                      solver_type: str = "dpmsolver", prediction: str = "eps") -> dict[str, Tensor]:
+    """float64 coefficients of singlestep DPM-Solver steps t_from -> t_to (tensors, one step each)
+    with intermediate points at lambda_s + r1 h and lambda_s + r2 h, for ``prediction`` "eps"
+    (DPM-Solver) or "x0" (DPM-Solver++).
+
+    ``slope2`` multiplies the estimate of h eps' in a second-order step: (e^h - 1)/2-type for
+    ``"dpmsolver"`` (Algorithm 1/4), the phi_2 term for ``"taylor"``; ``slope3`` is the phi_2 term
+    of the third-order step (Algorithm 5)."""
+    t_from, t_to = t_from.double(), t_to.double()
+    r1, r2 = r1.double(), r2.double()
+    lam_s = schedule.half_log_snr(t_from)
+    h = schedule.half_log_snr(t_to) - lam_s
+    mid1 = schedule.t_of_half_log_snr(lam_s + r1 * h)
+    mid2 = schedule.t_of_half_log_snr(lam_s + r2 * h)
+    c_x, w = expansion_weights(schedule, t_from, t_to, prediction, 2)
+    c_x1, w1 = expansion_weights(schedule, t_from, mid1, prediction, 1)
+    c_x2, w2 = expansion_weights(schedule, t_from, mid2, prediction, 2)
+    return {"t": t_from, "mid1": mid1, "mid2": mid2, "r1": r1, "r2": r2,
+            "c_x": c_x, "w0": w[..., 0], "slope2": 0.5 * w[..., 0] if solver_type == "dpmsolver" else w[..., 1],
+            "slope3": w[..., 1], "c_x1": c_x1, "w1_0": w1[..., 0], "c_x2": c_x2, "w2_0": w2[..., 0], "w2_1": w2[..., 1]}
+
+
+def singlestep_update(model: Prediction, x: Tensor, order: int, c: dict[str, Tensor], i, evals: list[Tensor],
+                      prediction: str = "eps"):
+    """One singlestep DPM-Solver step of ``order`` 1, 2 or 3 (Lu et al. 2022, eq. 3.7 and
+    Algorithms 4, 5; DPM-Solver++(2S) for ``prediction="x0"``) with the coefficients ``c[...][i]``
+    (from :func:`step_coefficients`, cast by :func:`coefficients_on`).
+
+    ``evals`` holds the evaluations of this step already made ([eps_s], [eps_s, eps_s1], ...):
+    they are reused, only the missing ones are computed. Returns ``(x_next, evals)``.
+    """
+    evals = list(evals)
+    if not evals:
+        evals.append(predict(model, prediction, x, c["t"][i]))
+    f_s = evals[0]
+    if order == 1:
+        return c["c_x"][i] * x + c["w0"][i] * f_s, evals
+    if len(evals) < 2:
+        u1 = c["c_x1"][i] * x + c["w1_0"][i] * f_s
+        evals.append(predict(model, prediction, u1, c["mid1"][i]))
+    if order == 2:
+        slope = (evals[1] - f_s) / c["r1"][i]  # ~ h eps'
+        return c["c_x"][i] * x + c["w0"][i] * f_s + c["slope2"][i] * slope, evals
+    if len(evals) < 3:
+        slope1 = (evals[1] - f_s) * (c["r2"][i] / c["r1"][i])  # ~ r2 h eps'
+        u2 = c["c_x2"][i] * x + c["w2_0"][i] * f_s + c["w2_1"][i] * slope1
+        evals.append(predict(model, prediction, u2, c["mid2"][i]))
+    slope = (evals[2] - f_s) / c["r2"][i]  # ~ h eps'
+    return c["c_x"][i] * x + c["w0"][i] * f_s + c["slope3"][i] * slope, evals
+
+
+def coefficients_on(coeffs: dict[str, Tensor], like: Tensor) -> dict[str, Tensor]:
+    """Cast the coefficients once to ``like``'s dtype and device; the times stay float64."""
+    cast = {key: on_device(value, like) for key, value in coeffs.items()}
+    cast.update({key: coeffs[key].to(like.device) for key in ("t", "mid1", "mid2")})
+    return cast
+
+
 def singlestep(name: str, model: Prediction, x_T: Tensor, timesteps, *, prediction: str, order: int,
                solver_type: str = "dpmsolver", r1: float | None = None, r2: float | None = None,
                callback: Callback | None = None, progress: bool = False) -> Tensor:
@@ -96,41 +155,18 @@ def singlestep(name: str, model: Prediction, x_T: Tensor, timesteps, *, predicti
     _check_options(name, solver_type)
     if order not in (1, 2, 3):
         raise ValueError(f"{name}: singlestep order must be 1, 2 or 3, got {order}")
-    sched = model.schedule
     r1 = (0.5 if order == 2 else 1.0 / 3.0) if r1 is None else r1
     r2 = 2.0 / 3.0 if r2 is None else r2
     if order >= 2 and not 0 < r1 < (r2 if order == 3 else 1.0) <= 1.0:
         raise ValueError(f"{name}: need 0 < r1 < r2 < 1, got r1={r1}, r2={r2}")
-    lam = sched.half_log_snr(grid)
-    h = lam[1:] - lam[:-1]
-    t_mid1 = sched.t_of_half_log_snr(lam[:-1] + r1 * h)
-    t_mid2 = sched.t_of_half_log_snr(lam[:-1] + r2 * h)
-    full = expansion_weights(sched, grid[:-1], grid[1:], prediction, 2)
-    to_mid1 = expansion_weights(sched, grid[:-1], t_mid1, prediction, 1)
-    to_mid2 = expansion_weights(sched, grid[:-1], t_mid2, prediction, 2)
-    c_x, w = (on_device(c, x_T) for c in full)
-    c_x1, w1 = (on_device(c, x_T) for c in to_mid1)
-    c_x2, w2 = (on_device(c, x_T) for c in to_mid2)
-    # the first-derivative coefficient: (e^h - 1)/2-type (the papers' form) or phi_2 (Taylor)
-    w_slope = 0.5 * w[:, 0] if (solver_type == "dpmsolver" and order == 2) else w[:, 1]
-    times = grid.to(x_T.device)
-    mid1, mid2 = t_mid1.to(x_T.device), t_mid2.to(x_T.device)
+    steps = grid.numel() - 1
+    coeffs = step_coefficients(model.schedule, grid[:-1], grid[1:], torch.full((steps,), float(r1), dtype=torch.float64),
+                               torch.full((steps,), float(r2), dtype=torch.float64), solver_type, prediction)
+    c = coefficients_on(coeffs, x_T)
     loop = StepLoop(name, grid, x_T, callback, progress)
     x = x_T
     for i in loop:
-        f_s = predict(model, prediction, x, times[i])
-        if order == 1:
-            x = c_x[i] * x + w[i, 0] * f_s
-        elif order == 2:
-            u1 = c_x1[i] * x + w1[i, 0] * f_s
-            slope = (predict(model, prediction, u1, mid1[i]) - f_s) / r1  # ~ h f'
-            x = c_x[i] * x + w[i, 0] * f_s + w_slope[i] * slope
-        else:
-            u1 = c_x1[i] * x + w1[i, 0] * f_s
-            slope1 = (predict(model, prediction, u1, mid1[i]) - f_s) * (r2 / r1)  # ~ r2 h f'
-            u2 = c_x2[i] * x + w2[i, 0] * f_s + w2[i, 1] * slope1
-            slope2 = (predict(model, prediction, u2, mid2[i]) - f_s) / r2  # ~ h f'
-            x = c_x[i] * x + w[i, 0] * f_s + w_slope[i] * slope2
+        x, _ = singlestep_update(model, x, order, c, i, [], prediction)
         loop.done(i, x)
     loop.check()
     return x
