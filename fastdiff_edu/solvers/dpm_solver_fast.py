@@ -21,7 +21,7 @@ import torch
 
 from .. import timesteps as _timesteps
 from ..prediction import Prediction
-from ._common import Callback, StepLoop, check_inputs, on_device
+from ._common import Callback, StepLoop, check_inputs
 from .dpm_solver import SOLVER_TYPES, coefficients_on, singlestep_update, step_coefficients
 from .registry import SamplerSpec, register
 
@@ -153,8 +153,7 @@ def dpm_solver_adaptive(model: Prediction, x_T: Tensor, timesteps, *, order: int
                                                                                              dtype=torch.float64))[0])
         coeffs = step_coefficients(sched, torch.tensor([s], dtype=torch.float64), torch.tensor([t], dtype=torch.float64),
                                    r1, r2, solver_type)
-        c = {key: on_device(value, x_T) for key, value in coeffs.items()}
-        c.update({key: coeffs[key].to(x_T.device) for key in ("t", "mid1", "mid2")})
+        c = coefficients_on(coeffs, x_T)
         x_lower, evals = singlestep_update(model, x, order - 1, c, 0, [])
         x_higher, _ = singlestep_update(model, x, order, c, 0, evals)
         delta = torch.maximum(torch.full_like(x, atol), rtol * torch.maximum(x_lower.abs(), x_prev.abs()))
