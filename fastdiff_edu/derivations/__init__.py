@@ -6,6 +6,8 @@ effects) that the chapter displays and the tests lambdify and compare with the p
 - :mod:`.pf_ode` (recap): the forward SDE of ``x_t = alpha x_0 + sigma eps``, the
   probability-flow ODE, its Fokker-Planck check, the eps form, VP schedules, DDIM's exactness
   for a point mass.
+- :mod:`.deis` (deis): variation of constants in t, the Lagrange basis, the tAB and rho-AB
+  coefficients (uniform steps give the classical Adams-Bashforth weights).
 - :mod:`.exponential` (dpm_solver): variation of constants in lambda, the phi functions, the
   multistep finite differences and the third-order multistep coefficient.
 - :mod:`.edm` (edm): the general ODE in (s, sigma) coordinates and the preconditioning.
@@ -13,7 +15,7 @@ effects) that the chapter displays and the tests lambdify and compare with the p
 - :mod:`.analytic_dpm` (analytic_dpm): the optimal reverse variance and its bounds.
 - :mod:`.fastdpm` (fastdpm): the noise-level bijection and the reverse processes.
 """
-from . import analytic_dpm, edm, exponential, fastdpm, linear_multistep, pf_ode
+from . import analytic_dpm, deis, edm, exponential, fastdpm, linear_multistep, pf_ode
 from .pf_ode import (
     ddim_point_mass_residual,
     ddim_step,
@@ -35,7 +37,7 @@ from .pf_ode import (
 )
 
 __all__ = [
-    "analytic_dpm", "edm", "exponential", "fastdpm", "linear_multistep", "pf_ode",
+    "analytic_dpm", "deis", "edm", "exponential", "fastdpm", "linear_multistep", "pf_ode",
     "ddim_point_mass_residual", "ddim_step", "eps_form_difference", "fokker_planck_difference",
     "fokker_planck_rhs", "forward_sde_coefficients", "gaussian_marginal_residual", "half_log_snr",
     "moment_odes", "pf_ode_drift", "pf_ode_eps_form", "point_mass_ode_residual", "point_mass_solution",
