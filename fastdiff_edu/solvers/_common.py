@@ -20,8 +20,7 @@ Callback = Callable[[int, Tensor, Tensor], None]
 __all__ = ["check_inputs", "StepLoop", "noise_like", "on_device", "predict", "run_linear_multistep"]
 
 
-def check_inputs(name: str, model: Prediction, x_T: Tensor, timesteps, *, min_steps: int = 1,
-                 schedule_kinds: tuple[type, ...] | None = None) -> Tensor:
+def check_inputs(name: str, model: Prediction, x_T: Tensor, timesteps, *, min_steps: int = 1) -> Tensor:
     """Validate a sampler's inputs; return the grid as a float64 CPU tensor."""
     if not isinstance(model, Prediction):
         raise TypeError(f"{name}: model must be a fastdiff_edu.prediction.Prediction (wrap your network with "
@@ -34,9 +33,6 @@ def check_inputs(name: str, model: Prediction, x_T: Tensor, timesteps, *, min_st
     if x_T.ndim < 2:
         raise ValueError(f"{name}: x_T must have a batch dimension first, shape (batch, ...); got {tuple(x_T.shape)}. "
                          "For a single sample use x_T[None]")
-    if schedule_kinds is not None and not isinstance(model.schedule, schedule_kinds):
-        allowed = ", ".join(k.__name__ for k in schedule_kinds)
-        raise ValueError(f"{name} works with {allowed} schedules only; the model uses {model.schedule!r}")
     return validate(model.schedule, timesteps, min_steps=min_steps, what=f"{name}: the timesteps")
 
 
