@@ -147,9 +147,15 @@ def step_coefficients(schedule: Schedule, timesteps, eta: float = 1.0) -> dict[s
     of x0 when x_t says nothing (Gamma = 0).
     """
     grid = as_float64(timesteps).cpu()
-    alpha, sigma, lam = schedule.alpha(grid), schedule.sigma(grid), schedule.half_log_snr(grid)
-    alpha_t, sigma_t, alpha_s, sigma_s = alpha[:-1], sigma[:-1], alpha[1:], sigma[1:]
-    shrink = -torch.expm1(-2.0 * (lam[1:] - lam[:-1]))  # 1 - e^{-2h}; = 1 on a step to t = 0
+    return transition_coefficients(schedule, grid[:-1], grid[1:], eta)
+
+
+def transition_coefficients(schedule: Schedule, t_from: Tensor, t_to: Tensor, eta: float = 1.0) -> dict[str, Tensor]:
+    """:func:`step_coefficients` for the steps ``t_from -> t_to`` (broadcastable float64 tensors of
+    times, ``t_to < t_from``), e.g. every pair of a trajectory search at once."""
+    alpha_t, sigma_t, lam_t = schedule.alpha(t_from), schedule.sigma(t_from), schedule.half_log_snr(t_from)
+    alpha_s, sigma_s, lam_s = schedule.alpha(t_to), schedule.sigma(t_to), schedule.half_log_snr(t_to)
+    shrink = -torch.expm1(-2.0 * (lam_s - lam_t))  # 1 - e^{-2h}; = 1 on a step to t = 0
     beta_tilde = sigma_s**2 * shrink
     beta = sigma_t**2 * shrink
     lam2 = eta**2 * beta_tilde

@@ -230,14 +230,11 @@ def _pair_costs(schedule: DiscreteVP, gamma, eta: float, x0_variance_bound: floa
     n = schedule.num_steps
     t = torch.cat([torch.zeros(1, dtype=torch.float64), schedule.t_of_label(torch.arange(n, dtype=torch.float64))])
     g = torch.cat([torch.zeros(1, dtype=torch.float64), _gamma_on(gamma, t[1:])])
-    alpha, sigma, lam = schedule.alpha(t), schedule.sigma(t), schedule.half_log_snr(t)
-    a_s, s_s, l_s = alpha[:, None], sigma[:, None], lam[:, None]  # rows: s (the next, less noisy state)
-    a_r, s_r, l_r = alpha[None, :], sigma[None, :], lam[None, :]  # columns: r (the current state)
     valid = torch.arange(n + 1)[:, None] < torch.arange(n + 1)[None, :]
-    h = torch.where(valid, l_s - l_r, torch.ones_like(l_s - l_r))
-    lam2 = eta**2 * s_s**2 * -torch.expm1(-2.0 * h)
-    c0 = a_s - torch.sqrt((s_s**2 - lam2).clamp(min=0.0)) * a_r / s_r.clamp(min=1e-300)
-    post_max = (s_r / a_r) ** 2
+    # rows: s (the next, less noisy state); columns: r (the current state); cells with s >= r are
+    # not steps (they may hold inf/nan) and are masked at the end
+    c = likelihood.transition_coefficients(schedule, t[None, :], t[:, None], eta)
+    lam2, c0, post_max = c["lam2"], c["c0"], c["post_var_max"]
     upper = post_max if x0_variance_bound is None else post_max.clamp(max=float(x0_variance_bound))
     post = torch.minimum((post_max * (1.0 - g[None, :])).clamp(min=0.0), upper)
     var = lam2 + c0**2 * post
