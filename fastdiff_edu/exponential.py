@@ -24,7 +24,7 @@ from .schedules import Schedule, as_float64
 
 Tensor = torch.Tensor
 
-__all__ = ["phi", "expansion_weights", "PREDICTIONS"]
+__all__ = ["phi", "expansion_weights", "sde_noise_scale", "PREDICTIONS"]
 
 PREDICTIONS = ("eps", "x0")
 
@@ -51,21 +51,60 @@ def phi(k: int, z) -> Tensor:
     return torch.where(z.abs() < 0.5, series, closed)
 
 
-def expansion_weights(schedule: Schedule, t_from, t_to, prediction: str, order: int) -> tuple[Tensor, Tensor]:
+def expansion_weights(schedule: Schedule, t_from, t_to, prediction: str, order: int,
+                      stochastic: bool = False) -> tuple[Tensor, Tensor]:
     """Coefficients of one exponential-integrator step from ``t_from`` to ``t_to``.
 
     Returns ``(c_x, w)`` with ``x_to = c_x x_from + sum_n w[..., n] * h^n f^(n)`` for the
     prediction ``f`` ("eps" or "x0"), ``n < order``: the derivatives enter scaled by h^n, the
     natural unit of a finite difference. Inputs may be tensors of times (one step each).
+
+    ``stochastic=True`` (data prediction only) gives the mean of the SDE-DPM-Solver++ step
+    (Lu et al. 2022b, Appendix; the reverse SDE in lambda has twice the linear rate), whose
+    kernel e^{-2(h-u)} turns phi_k(-h) into 2 phi_k(-2h) and c_x into (sigma_t/sigma_s) e^{-h};
+    its noise is ``sigma_t sqrt(1 - e^{-2h})`` (:func:`sde_noise_scale`).
+
+    A step that ends at zero noise (sigma(t_to) = 0, h = infinity) has the exact limits of its
+    first-order weights (x0: c_x = 0, w_0 = alpha_t; eps: c_x = alpha_t/alpha_s,
+    w_0 = -alpha_t sigma_s/alpha_s, the DDIM step to t = 0); the higher ones diverge and are NaN,
+    so a solver must end with a first-order step (``final_step="euler"`` in the solvers).
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if stochastic and prediction != "x0":
+        raise ValueError("the stochastic (SDE) weights are implemented for data prediction (x0) only")
     t_from, t_to = as_float64(t_from), as_float64(t_to)
-    h = schedule.half_log_snr(t_to) - schedule.half_log_snr(t_from)
+    alpha_to, sigma_to = schedule.alpha(t_to), schedule.sigma(t_to)
+    alpha_from, sigma_from = schedule.alpha(t_from), schedule.sigma(t_from)
+    to_zero = sigma_to == 0
+    # a finite stand-in for h where the step ends at zero noise; its weights are replaced below
+    h = torch.where(to_zero, torch.ones_like(t_to),
+                    schedule.half_log_snr(torch.where(to_zero, t_from, t_to)) - schedule.half_log_snr(t_from))
     if prediction == "eps":
-        c_x = schedule.alpha(t_to) / schedule.alpha(t_from)
-        w = [-schedule.sigma(t_to) * h * phi(n + 1, h) for n in range(order)]
+        c_x = alpha_to / alpha_from
+        w = [-sigma_to * h * phi(n + 1, h) for n in range(order)]
+        first = -alpha_to * sigma_from / alpha_from
+    elif stochastic:
+        c_x = sigma_to / sigma_from * torch.exp(-h)
+        w = [2.0 * alpha_to * h * phi(n + 1, -2.0 * h) for n in range(order)]
+        first = alpha_to
     else:
-        c_x = schedule.sigma(t_to) / schedule.sigma(t_from)
-        w = [schedule.alpha(t_to) * h * phi(n + 1, -h) for n in range(order)]
-    return c_x, torch.stack(w, dim=-1)
+        c_x = sigma_to / sigma_from
+        w = [alpha_to * h * phi(n + 1, -h) for n in range(order)]
+        first = alpha_to
+    w = torch.stack(w, dim=-1)
+    if bool(to_zero.any()):
+        limit = torch.full_like(w, float("nan"))
+        limit[..., 0] = first.expand_as(w[..., 0]) if first.ndim else first
+        w = torch.where(to_zero[..., None], limit, w)
+    return c_x, w
+
+
+def sde_noise_scale(schedule: Schedule, t_from, t_to) -> Tensor:
+    """Standard deviation ``sigma_t sqrt(1 - e^{-2h})`` of the fresh noise of an SDE-DPM-Solver++
+    step from ``t_from`` to ``t_to`` (0 for a step to zero noise); float64."""
+    t_from, t_to = as_float64(t_from), as_float64(t_to)
+    sigma_to = schedule.sigma(t_to)
+    # 1 - e^{-2h} through expm1: small steps keep their digits
+    h = schedule.half_log_snr(torch.where(sigma_to == 0, t_from, t_to)) - schedule.half_log_snr(t_from)
+    return torch.where(sigma_to == 0, torch.zeros_like(sigma_to), sigma_to * torch.sqrt(-torch.expm1(-2.0 * h)))

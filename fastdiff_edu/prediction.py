@@ -36,7 +36,9 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float = 
     Per sample, s = clamp(percentile of |x0|, 1, max_value); x0 is clipped to [-s, s] and
     divided by s, so that saturated predictions are pulled back inside [-1, 1].
     """
-    flat = x0.reshape(x0.shape[0], -1).abs().float()
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()  # quantile needs float32 or float64
     s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0, max=max_value).to(x0.dtype)
     s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
     return torch.maximum(torch.minimum(x0, s), -s) / s

@@ -99,16 +99,20 @@ def predict(model: Prediction, prediction: str, x: Tensor, t: Tensor) -> Tensor:
 
 def run_linear_multistep(name: str, model: Prediction, x_T: Tensor, grid: Tensor, prediction: str,
                          c_x: Tensor, weights: Tensor, callback: Callback | None = None,
-                         progress: bool = False) -> Tensor:
-    """The loop of every linear multistep method here (DPM-Solver-kM, DEIS tAB/rhoAB, iPNDM):
+                         progress: bool = False, *, c_noise: Tensor | None = None,
+                         generator: torch.Generator | None = None) -> Tensor:
+    """The loop of every linear multistep method here (DPM-Solver-kM, DEIS tAB/rhoAB, iPNDM,
+    SDE-DPM-Solver++):
 
-        x_{i+1} = c_x[i] x_i + sum_j weights[i, j] F_{i-j},     F = the model's eps or x0,
+        x_{i+1} = c_x[i] x_i + sum_j weights[i, j] F_{i-j} (+ c_noise[i] z_i),     F = eps or x0,
 
     one evaluation per step, the last ``weights.shape[1]`` predictions kept in a local list.
-    ``c_x`` and ``weights`` are float64 tables computed before the loop (zeros where a step uses
-    less history); they are cast once to the sample's dtype and device.
+    ``c_x``, ``weights`` (and ``c_noise``) are float64 tables computed before the loop (zeros
+    where a step uses less history); they are cast once to the sample's dtype and device.
     """
+    noisy = [False] * (grid.numel() - 1) if c_noise is None else (c_noise > 0).tolist()
     c_x, weights = on_device(c_x, x_T), on_device(weights, x_T)
+    c_noise = None if c_noise is None else on_device(c_noise, x_T)
     depth = weights.shape[1]
     loop = StepLoop(name, grid, x_T, callback, progress)
     x, history = x_T, []
@@ -117,6 +121,8 @@ def run_linear_multistep(name: str, model: Prediction, x_T: Tensor, grid: Tensor
         x = c_x[i] * x
         for j, previous in enumerate(history):
             x = x + weights[i, j] * previous
+        if noisy[i]:
+            x = x + c_noise[i] * noise_like(x, generator)
         loop.done(i, x)
     loop.check()
     return x

@@ -118,6 +118,9 @@ def sample(model: Prediction, x_T: Tensor, solver: str, timesteps=None, nfe: int
             if steps < 1:
                 raise ValueError(f"{solver}: an NFE budget of {nfe} buys no step with these options")
             timesteps = _timesteps.make(schedule, grid or spec.default_grid, steps, t_start, t_end)
+            if options.get("final_step") == "euler" and timesteps[-1] != 0:  # the last step goes to t = 0
+                timesteps = _timesteps.make(schedule, grid or spec.default_grid, steps, t_start, t_end,
+                                            append_zero=True)
     kwargs = {**spec.defaults, **options}
     if spec.adaptive and return_info:
         kwargs["return_info"] = True  # the solver's own step count goes into the info
