@@ -279,3 +279,23 @@ def test_checkerboard_lies_on_black_squares():
     x = problems.checkerboard(2000, generator=torch.Generator().manual_seed(0))
     cell = torch.floor((x + 1) / 0.5).long()
     assert bool(((cell[:, 0] + cell[:, 1]) % 2 == 0).all())
+
+
+def test_component_and_guided_prediction_are_exact():
+    """Guidance at scale 1 is the conditional model; scale 0 the unconditional one; in between
+    the eps views combine affinely (Ho & Salimans eq. 6)."""
+    from fastdiff_edu import problems, schedules
+
+    mix = problems.classes64()
+    sched = schedules.DiscreteVP.ddpm_linear()
+    x = mix.marginal_at(sched, 0.3).sample(5, torch.Generator().manual_seed(0))
+    t = torch.tensor(0.3, dtype=torch.float64)
+    cond = mix.component(4).prediction(sched).eps(x, t)
+    uncond = mix.prediction(sched).eps(x, t)
+    assert torch.allclose(mix.guided_prediction(sched, 4, 1.0).eps(x, t), cond, atol=1e-12)
+    assert torch.allclose(mix.guided_prediction(sched, 4, 0.0).eps(x, t), uncond, atol=1e-12)
+    assert torch.allclose(mix.guided_prediction(sched, 4, 3.0).eps(x, t), uncond + 3 * (cond - uncond), atol=1e-12)
+    data = mix.sample(4000, torch.Generator().manual_seed(1))
+    assert data.abs().max() < 1.25 and (data.abs() > 1).double().mean() < 1e-3  # pixel-like range
+    with pytest.raises(ValueError, match="class 10 does not exist"):
+        mix.component(10)

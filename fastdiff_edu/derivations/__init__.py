@@ -10,12 +10,14 @@ effects) that the chapter displays and the tests lambdify and compare with the p
   coefficients (uniform steps give the classical Adams-Bashforth weights).
 - :mod:`.exponential` (dpm_solver): variation of constants in lambda, the phi functions, the
   multistep finite differences and the third-order multistep coefficient.
+- :mod:`.sde_dpm_solver` (dpm_solver_pp): the reverse SDE in lambda, SDE-DPM-Solver++'s weights
+  and noise, its first-order step = DDPM's posterior step.
 - :mod:`.edm` (edm): the general ODE in (s, sigma) coordinates and the preconditioning.
 - :mod:`.linear_multistep` (pndm): Adams-Bashforth weights from the Lagrange interpolant.
 - :mod:`.analytic_dpm` (analytic_dpm): the optimal reverse variance and its bounds.
 - :mod:`.fastdpm` (fastdpm): the noise-level bijection and the reverse processes.
 """
-from . import analytic_dpm, deis, edm, exponential, fastdpm, linear_multistep, pf_ode
+from . import analytic_dpm, deis, edm, exponential, fastdpm, linear_multistep, pf_ode, sde_dpm_solver
 from .pf_ode import (
     ddim_point_mass_residual,
     ddim_step,

@@ -9,7 +9,7 @@ import torch
 from .gaussian_mixture import GaussianMixture
 from .toy2d import TOY_SETS, checkerboard, moons, sample_toy, swiss_roll
 
-__all__ = ["GaussianMixture", "ring2d", "gmm64", "get", "PROBLEMS",
+__all__ = ["GaussianMixture", "ring2d", "gmm64", "classes64", "get", "PROBLEMS",
            "moons", "swiss_roll", "checkerboard", "sample_toy", "TOY_SETS"]
 
 
@@ -37,11 +37,20 @@ def gmm64(dim: int = 64, modes: int = 10, seed: int = 0) -> GaussianMixture:
     return GaussianMixture(means, cov, gamma / gamma.sum())
 
 
-PROBLEMS = {"gmm64": gmm64, "ring2d": ring2d}
+def classes64(dim: int = 64, classes: int = 10, std: float = 0.1, seed: int = 0) -> GaussianMixture:
+    """The guidance test bed: ``classes`` equal, isotropic classes in 64 dimensions whose data
+    live in [-1, 1] like pixels (means uniform in [-0.7, 0.7], std 0.1), so that dynamic
+    thresholding has the range it was designed for. Class k is component k."""
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.empty(classes, dim, dtype=torch.float64).uniform_(-0.7, 0.7, generator=gen)
+    return GaussianMixture(means, torch.full((classes,), std**2, dtype=torch.float64))
+
+
+PROBLEMS = {"gmm64": gmm64, "ring2d": ring2d, "classes64": classes64}
 
 
 def get(name: str) -> GaussianMixture:
-    """A ready-made exact problem by name (``"gmm64"``, ``"ring2d"``)."""
+    """A ready-made exact problem by name (``"gmm64"``, ``"ring2d"``, ``"classes64"``)."""
     try:
         return PROBLEMS[name]()
     except KeyError:

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..prediction import Prediction
+from ..prediction import Prediction, classifier_free_guidance
 from ..schedules import Schedule, as_float64
 
 Tensor = torch.Tensor
@@ -159,6 +159,31 @@ class GaussianMixture:
             return view(x, schedule.alpha(t), schedule.sigma(t))
 
         return Prediction(exact, schedule, kind=kind, time="continuous", time_dtype=torch.float64)
+
+    # -- classes: the conditional mixture and classifier-free guidance ---------------------------
+    def component(self, k: int) -> "GaussianMixture":
+        """The class-conditional distribution of class ``k`` (the mixture's k-th component)."""
+        if not 0 <= k < self.num_components:
+            raise ValueError(f"class {k} does not exist: the mixture has {self.num_components} components")
+        return GaussianMixture(self.means[k:k + 1], self.covariances[k:k + 1])
+
+    def guided_prediction(self, schedule: Schedule, label: int, scale: float, *,
+                          threshold: float | None = None, threshold_max: float = 1.0) -> Prediction:
+        """Classifier-free guidance with exact scores: ``eps_u + scale (eps_c - eps_u)``, where
+        the conditional model is component ``label`` and the unconditional one the whole mixture
+        (Ho & Salimans 2022, eq. 6). ``scale = 1`` is the conditional model; larger scales push
+        samples away from the other classes. ``threshold`` as in :class:`Prediction`."""
+        conditional = self.component(label)
+
+        def unconditional_eps(x: Tensor, t: Tensor) -> Tensor:
+            return self.eps(x, schedule.alpha(t), schedule.sigma(t))
+
+        def conditional_eps(x: Tensor, t: Tensor) -> Tensor:
+            return conditional.eps(x, schedule.alpha(t), schedule.sigma(t))
+
+        guided = classifier_free_guidance(conditional_eps, unconditional_eps, scale)
+        return Prediction(guided, schedule, kind="eps", time="continuous", time_dtype=torch.float64,
+                          threshold=threshold, threshold_max=threshold_max)
 
     # -- the exact probability-flow map of a single Gaussian -------------------------------------------
     def ode_flow(self, x: Tensor, schedule: Schedule, t_from, t_to) -> Tensor:
