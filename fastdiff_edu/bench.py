@@ -1,4 +1,4 @@
-"""Benchmarks that print tables: ``python -m fastdiff_edu.bench [error] ...``.
+"""Benchmarks that print tables: ``python -m fastdiff_edu.bench [error|overhead] ...``.
 
 ``error`` (the default) measures every requested sampler on an exact problem at each NFE:
 
@@ -9,6 +9,10 @@ Wasserstein-2 distance to exact samples of the marginal at the end time, the NFE
 (counted), and each solver's fitted order. ``--json`` and ``--plot`` save the numbers and a
 log-log figure. All solvers share one grid kind (``--grid``, logSNR-uniform by default) so the
 comparison isolates the solver; ``--grid default`` uses each solver's own default instead.
+
+``overhead`` times each sampler's own work per step with a zero-cost model, next to diffusers'
+and k-diffusion's implementation of the same method, in units of one axpy
+(:mod:`fastdiff_edu.overhead`).
 """
 from __future__ import annotations
 
@@ -171,7 +175,31 @@ def main(argv=None) -> int:
     err.add_argument("--json", help="write the numbers to this JSON file")
     err.add_argument("--plot", help="write a log-log figure to this PNG file")
     err.add_argument("--no-progress", action="store_true")
+    over = sub.add_parser("overhead", help="solver overhead per step with a zero-cost model, next to diffusers "
+                                           "and k-diffusion, in axpy units")
+    over.add_argument("--solvers", type=_parse_list, default=None,
+                      help="comma-separated registry names (default: every non-adaptive sampler)")
+    over.add_argument("--batch", type=int, default=512)
+    over.add_argument("--dim", type=int, default=64)
+    over.add_argument("--steps", type=int, default=50)
+    over.add_argument("--repeats", type=int, default=5)
+    over.add_argument("--json", help="write the numbers to this JSON file")
+    over.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "overhead":
+        from .overhead import format_overhead, run_overhead
+        try:
+            for name in args.solvers or []:
+                solvers.get(name)
+        except KeyError as err_msg:
+            parser.error(str(err_msg).strip("'\""))
+        result = run_overhead(args.solvers, args.batch, args.dim, args.steps, args.repeats,
+                              progress=not args.no_progress)
+        print(format_overhead(result))
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(result, handle, indent=2)
+        return 0
     try:
         result = run_error(args.problem, args.schedule, args.solvers, args.nfe, args.grid, args.batch,
                            args.exact_samples, args.seed, progress=not args.no_progress)

@@ -120,10 +120,20 @@ class Prediction:
             alpha, sigma = alpha.reshape(shape), sigma.reshape(shape)
         return alpha.to(x.dtype), sigma.to(x.dtype)
 
-    def eps_and_x0(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
-        """Both views from one evaluation (thresholding, if set, applies to x0 only)."""
+    def coefficients_at(self, times: Tensor, like: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``(alpha, sigma)`` at each of ``times`` (1-d, float64), computed once and cast to
+        ``like``'s dtype and device: a sampler that knows its grid passes them to the views
+        (``coefficients=``) and saves a schedule lookup per evaluation."""
+        times = as_float64(times).cpu()
+        alpha = self.schedule.alpha(times).to(device=like.device, dtype=like.dtype)
+        sigma = self.schedule.sigma(times).to(device=like.device, dtype=like.dtype)
+        return list(zip(alpha.unbind(), sigma.unbind()))
+
+    def eps_and_x0(self, x: Tensor, t, coefficients: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Both views from one evaluation (thresholding, if set, applies to x0 only).
+        ``coefficients``: ``(alpha(t), sigma(t))`` if the caller has them (:meth:`coefficients_at`)."""
         out = self(x, t)
-        alpha, sigma = self._coefficients(x, t)
+        alpha, sigma = self._coefficients(x, t) if coefficients is None else coefficients
         if self.kind == "eps":
             eps, x0 = out, (x - sigma * out) / alpha
         elif self.kind == "x0":
@@ -136,19 +146,24 @@ class Prediction:
             x0 = dynamic_threshold(x0, self.threshold, self.threshold_max)
         return eps, x0
 
-    def eps(self, x: Tensor, t) -> Tensor:
+    def eps(self, x: Tensor, t, coefficients: tuple[Tensor, Tensor] | None = None) -> Tensor:
         out = self(x, t)
         if self.kind == "eps":
             return out
-        alpha, sigma = self._coefficients(x, t)
+        alpha, sigma = self._coefficients(x, t) if coefficients is None else coefficients
         if self.kind == "x0":
             return (x - alpha * out) / sigma
         if self.kind == "v":
             return alpha * out + sigma * x
         return -sigma * out
 
-    def x0(self, x: Tensor, t) -> Tensor:
-        return self.eps_and_x0(x, t)[1]
+    def x0(self, x: Tensor, t, coefficients: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        if self.kind == "x0" and self.threshold is None:
+            return self(x, t)
+        if self.kind == "eps" and self.threshold is None:  # the common case, without the eps view
+            alpha, sigma = self._coefficients(x, t) if coefficients is None else coefficients
+            return (x - sigma * self(x, t)) / alpha
+        return self.eps_and_x0(x, t, coefficients)[1]
 
     def score(self, x: Tensor, t) -> Tensor:
         _, sigma = self._coefficients(x, t)

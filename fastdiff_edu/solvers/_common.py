@@ -69,32 +69,36 @@ class StepLoop:
         self.name, self.grid, self.callback = name, grid, callback
         self.steps = grid.numel() - 1 if steps is None else steps
         self.times = grid.to(x.device)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+        # one reduction per step: a NaN or Inf anywhere makes the sum non-finite (float32 or wider
+        # accumulation, so that a float16 sample's sum cannot overflow); read once, after the loop
+        self.sums = torch.zeros(self.steps, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                                device=x.device)
         self.bar = tqdm(total=self.steps, desc=name, disable=not progress, leave=False)
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.steps))
 
     def done(self, i: int, x: Tensor) -> None:
-        bad = ~torch.isfinite(x).all()
-        self.first_bad = torch.where(bad & (self.first_bad < 0), i, self.first_bad)
+        self.sums[i] = x.sum(dtype=self.sums.dtype)
         if self.callback is not None:
             self.callback(i, self.times[i + 1], x)
         self.bar.update(1)
 
     def check(self) -> None:
         self.bar.close()
-        first = int(self.first_bad)  # the one host sync, after the loop
-        if first >= 0:
+        bad = torch.nonzero(~torch.isfinite(self.sums))  # the one host sync, after the loop
+        if bad.numel():
+            first = int(bad[0])
             raise FloatingPointError(
                 f"{self.name}: NaN or Inf appeared at step {first} of {self.steps} (t={float(self.grid[first]):.6g} -> "
                 f"{float(self.grid[first + 1]):.6g}). Try more steps, a smaller step near t_min, or a wider dtype")
 
 
 
-def predict(model: Prediction, prediction: str, x: Tensor, t: Tensor) -> Tensor:
-    """The prediction a solver extrapolates: ``"eps"`` or ``"x0"``."""
-    return model.eps(x, t) if prediction == "eps" else model.x0(x, t)
+def predict(model: Prediction, prediction: str, x: Tensor, t: Tensor, coefficients=None) -> Tensor:
+    """The prediction a solver extrapolates: ``"eps"`` or ``"x0"`` (``coefficients``: see
+    :meth:`Prediction.coefficients_at`)."""
+    return model.eps(x, t, coefficients) if prediction == "eps" else model.x0(x, t, coefficients)
 
 
 def run_linear_multistep(name: str, model: Prediction, x_T: Tensor, grid: Tensor, prediction: str,
@@ -113,11 +117,12 @@ def run_linear_multistep(name: str, model: Prediction, x_T: Tensor, grid: Tensor
     noisy = [False] * (grid.numel() - 1) if c_noise is None else (c_noise > 0).tolist()
     c_x, weights = on_device(c_x, x_T), on_device(weights, x_T)
     c_noise = None if c_noise is None else on_device(c_noise, x_T)
+    views = model.coefficients_at(grid[:-1], x_T)
     depth = weights.shape[1]
     loop = StepLoop(name, grid, x_T, callback, progress)
     x, history = x_T, []
     for i in loop:
-        history = [predict(model, prediction, x, loop.times[i])] + history[: depth - 1]
+        history = [predict(model, prediction, x, loop.times[i], views[i])] + history[: depth - 1]
         x = c_x[i] * x
         for j, previous in enumerate(history):
             x = x + weights[i, j] * previous

@@ -51,9 +51,10 @@ def _check_options(name: str, solver_type: str, third_order: str = "corrected") 
 
 def derivative_weights(offsets: Tensor) -> Tensor:
     """Rows n: weights a_nj with h^n f^(n)(0) ~ sum_j a_nj f(u_j) for the interpolating polynomial
-    through the nodes ``u_j = offsets[j]`` (in units of the step h; u_0 = 0 is the current point)."""
-    m = offsets.numel()
-    vandermonde = offsets[:, None] ** torch.arange(m, dtype=torch.float64)[None, :]
+    through the nodes ``u_j = offsets[..., j]`` (in units of the step h; u_0 = 0 is the current
+    point); a batch of node sets gives a batch of matrices."""
+    m = offsets.shape[-1]
+    vandermonde = offsets[..., :, None] ** torch.arange(m, dtype=torch.float64)
     factorials = torch.tensor([math.factorial(n) for n in range(m)], dtype=torch.float64)
     return factorials[:, None] * torch.linalg.inv(vandermonde)
 
@@ -84,20 +85,23 @@ def multistep_weights(schedule, grid: Tensor, prediction: str, order: int, solve
     of :func:`step_orders`; ``stochastic=True`` gives the mean of SDE-DPM-Solver++ steps."""
     lam = schedule.half_log_snr(grid)
     c_x, w = expansion_weights(schedule, grid[:-1], grid[1:], prediction, order, stochastic)
-    orders = step_orders(grid, order, lower_order_final)
+    orders = torch.tensor(step_orders(grid, order, lower_order_final))
     weights = torch.zeros(len(orders), order, dtype=torch.float64)
-    for i, k in enumerate(orders):
-        if k == 1:  # also the step to zero noise, whose h is infinite
-            weights[i, 0] = w[i, 0]
+    for k in range(1, order + 1):  # all steps of one order at once
+        rows = torch.nonzero(orders == k).flatten()
+        if rows.numel() == 0:
             continue
-        w_i = w[i, :k].clone()
+        w_k = w[rows, :k].clone()
+        if k == 1:  # also the step to zero noise, whose h is infinite
+            weights[rows, 0] = w_k[:, 0]
+            continue
         if k == 2 and solver_type == "dpmsolver":  # second-order steps only, warm-up of 3M included
-            w_i[1] = 0.5 * w_i[0]
+            w_k[:, 1] = 0.5 * w_k[:, 0]
         if k == 3 and third_order == "published":
-            w_i[2] = 0.5 * w_i[2]
-        h = lam[i + 1] - lam[i]
-        offsets = (lam[i - torch.arange(k)] - lam[i]) / h
-        weights[i, :k] = w_i @ derivative_weights(offsets)
+            w_k[:, 2] = 0.5 * w_k[:, 2]
+        h = lam[rows + 1] - lam[rows]
+        offsets = (lam[rows[:, None] - torch.arange(k)] - lam[rows, None]) / h[:, None]
+        weights[rows, :k] = (w_k[:, None, :] @ derivative_weights(offsets))[:, 0]
     return c_x, weights
 
 
