@@ -1,4 +1,4 @@
-"""Benchmarks that print tables: ``python -m fastdiff_edu.bench [error|overhead] ...``.
+"""Benchmarks that print tables: ``python -m fastdiff_edu.bench [error|overhead|precision|gpu] ...``.
 
 ``error`` (the default) measures every requested sampler on an exact problem at each NFE:
 
@@ -12,7 +12,9 @@ comparison isolates the solver; ``--grid default`` uses each solver's own defaul
 
 ``overhead`` times each sampler's own work per step with a zero-cost model, next to diffusers'
 and k-diffusion's implementation of the same method, in units of one axpy
-(:mod:`fastdiff_edu.overhead`).
+(:mod:`fastdiff_edu.overhead`). ``precision`` runs every sampler in float16 and bfloat16 against
+its float64 run (:mod:`fastdiff_edu.precision`). ``gpu`` runs every sampler with the shipped
+digits UNet on CUDA (:mod:`fastdiff_edu.gpu_bench`; exits with a note where there is no GPU).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from . import metrics, problems, reference, schedules, solvers, timesteps
+from . import metrics, problems, reference, schedules, solvers, testbed, timesteps
 
 SCHEDULES = {
     "ddpm": schedules.DiscreteVP.ddpm_linear,
@@ -89,10 +91,12 @@ def run_error(problem: str = "gmm64", schedule: str = "ddpm", solver_names=("ddi
     for name, nfe in tqdm(jobs, desc="bench", disable=not progress, file=sys.stderr):
         spec = solvers.get(name)
         grid_kind = spec.default_grid if grid == "default" else grid
-        options = {"generator": torch.Generator().manual_seed(seed + 2)} if spec.stochastic else {}
+        if not testbed.supports(name, problem, sched):
+            continue
+        options = testbed.sampler_options(name, model, problem, data, seed=seed + 2)
         started = time.perf_counter()
         if spec.adaptive:
-            x, info = solvers.sample(model, x_T, name, return_info=True)
+            x, info = solvers.sample(model, x_T, name, return_info=True, **options)
         else:
             x, info = solvers.sample(model, x_T, name, nfe=nfe, grid=grid_kind, return_info=True, **options)
         seconds = time.perf_counter() - started
@@ -185,7 +189,35 @@ def main(argv=None) -> int:
     over.add_argument("--repeats", type=int, default=5)
     over.add_argument("--json", help="write the numbers to this JSON file")
     over.add_argument("--no-progress", action="store_true")
+    prec = sub.add_parser("precision", help="float16/bfloat16 runs of every sampler against float64 on gmm64")
+    prec.add_argument("--solvers", type=_parse_list, default=None)
+    prec.add_argument("--nfe", default="5,10,20,50", type=lambda s: _parse_list(s, int))
+    prec.add_argument("--dtypes", default="float16,bfloat16", type=_parse_list)
+    prec.add_argument("--json", help="write the numbers to this JSON file")
+    gpu = sub.add_parser("gpu", help="every sampler with the shipped digits UNet on CUDA (skips without CUDA)")
+    gpu.add_argument("--nfe", type=int, default=10)
+    gpu.add_argument("--batch", type=int, default=256)
+    gpu.add_argument("--no-compile", action="store_true")
+    gpu.add_argument("--device", default="cuda", help="'cpu' runs the script against itself (a smoke test)")
     args = parser.parse_args(argv)
+    if args.command == "gpu":
+        from .gpu_bench import run_gpu
+        return run_gpu(args.nfe, args.batch, compile_network=not args.no_compile, device=args.device)
+    if args.command == "precision":
+        from .precision import DTYPES, format_precision, run_precision
+        try:
+            for name in args.solvers or []:
+                solvers.get(name)
+        except KeyError as err_msg:
+            parser.error(str(err_msg).strip("'\""))
+        if not set(args.dtypes) <= set(DTYPES):
+            parser.error(f"dtypes must be among {sorted(DTYPES)}")
+        result = run_precision(args.solvers, args.nfe, args.dtypes, progress=True)
+        print(format_precision(result))
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(result, handle, indent=2)
+        return 0
     if args.command == "overhead":
         from .overhead import format_overhead, run_overhead
         try:

@@ -159,8 +159,12 @@ def dpm_solver_adaptive(model: Prediction, x_T: Tensor, timesteps, *, order: int
         delta = torch.maximum(torch.full_like(x, atol), rtol * torch.maximum(x_lower.abs(), x_prev.abs()))
         ratio = ((x_higher - x_lower) / delta).reshape(x.shape[0], -1)
         error = float(ratio.square().mean(dim=1).sqrt().max())  # the host sync of each try
-        if not math.isfinite(error):
-            raise FloatingPointError(f"{name}: NaN or Inf in the step from t={s:.6g} to t={t:.6g}")
+        if not math.isfinite(error):  # an overflowing trial (large h, low precision): reject and shrink
+            if not bool(torch.isfinite(x).all()):
+                raise FloatingPointError(f"{name}: NaN or Inf in the state at t={s:.6g}")
+            rejected += 1
+            h = h / 4.0
+            continue
         if error <= 1.0:
             x, x_prev, s = x_higher, x_lower, t
             lambda_s = float(sched.half_log_snr(torch.tensor([s], dtype=torch.float64))[0])
