@@ -7,7 +7,8 @@ reference set is the *training* split (the images the diffusion models learned f
 
 Read every number against the floor, ``fd_digits(held-out real digits)``: the held-out digits
 are real but unseen. Like FID, the value is biased upwards for small sample sizes: 359 of the
-*training* digits themselves score about 25 and 500 of them about 17 (against 0 for all 1,438),
+*training* digits themselves score 12-16 and 500 of them 5-10, depending on the subset (against 0
+for all 1,438),
 so compare values computed from the same number of samples -- 359, the size of the held-out
 set, for comparisons with the floor. And like FID, it rewards a model that reproduces its
 training images, which a model trained for hundreds of epochs on 1,438 digits partly does.
