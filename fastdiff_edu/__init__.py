@@ -6,10 +6,10 @@
     x_T = sched.prior_sample((256, 64), dtype=torch.float64)
     x = fd.sample(model, x_T, "ddim", nfe=10)
 """
-from . import metrics, nets, ode, prediction, presets, problems, reference, schedules, solvers, timesteps
+from . import metrics, nets, ode, prediction, presets, problems, reference, schedules, solvers, testbed, timesteps
 from .prediction import Prediction
 from .solvers import REGISTRY, sample
 
-__all__ = ["metrics", "nets", "ode", "prediction", "presets", "problems", "reference", "schedules", "solvers", "timesteps",
+__all__ = ["metrics", "nets", "ode", "prediction", "presets", "problems", "reference", "schedules", "solvers", "testbed", "timesteps",
            "Prediction", "REGISTRY", "sample"]
 __version__ = "0.1.0"
