@@ -81,8 +81,24 @@ def time_ours(name: str, schedule, x: Tensor, steps: int, repeats: int = 5) -> t
     model = zero_cost_model(schedule, x)
     grid = timesteps.make(schedule, spec.default_grid if spec.default_grid != "karras" or
                           schedule.reaches_zero_noise else "logsnr", steps)
-    options = {"generator": torch.Generator().manual_seed(0)} if spec.stochastic else {}
-    run = lambda: solvers.sample(model, x, name, timesteps=grid, **options)  # noqa: E731
+    def options():
+        opts = {"generator": torch.Generator().manual_seed(0)} if spec.stochastic else {}
+        if name.startswith("analytic-"):  # Gamma of the zero-cost model (estimated once, cheaply)
+            opts["gamma"] = gamma
+        if name == "genie":  # the 64-D head: its cost is part of GENIE's step
+            opts["head"] = head
+        return opts
+
+    if name.startswith("analytic-"):
+        from .solvers.analytic_dpm import estimate_gamma
+        gamma = estimate_gamma(model, torch.randn(256, *x.shape[1:]), n_samples=256,
+                               generator=torch.Generator().manual_seed(0))
+    if name == "genie":
+        from .genie_head import load_head
+        if x.shape[1:] != (64,):
+            raise ValueError("genie's shipped head is 64-dimensional: time it with dim=64")
+        head = load_head("gmm64")
+    run = lambda: solvers.sample(model, x, name, timesteps=grid, **options())  # noqa: E731
     seconds = _median_seconds(run, repeats)
     model.reset_nfe()
     run()

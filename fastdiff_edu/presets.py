@@ -412,6 +412,13 @@ def _grid_of_sigmas(schedule: Schedule, sigmas) -> Tensor:
     return _timesteps.validate(schedule, torch.where(zero, torch.zeros_like(t), t))
 
 
+
+def _deterministic_only(sampler_name: str, eta: float, ours: str, why: str) -> None:
+    """k-diffusion's eta > 0 variants have no preset: say which sampler eta = 0 maps to, and why."""
+    if eta != 0.0:
+        raise ValueError(f"{sampler_name}: only eta=0 ({ours!r}) has a preset, got eta={eta}; {why}")
+
+
 def k_diffusion(sampler_name: str, sigmas_or_steps, schedule: Schedule, **kwargs) -> Preset:
     """The preset reproducing ``k_diffusion.sampling.<sampler_name>(model, x, sigmas, **kwargs)``.
 
@@ -460,17 +467,13 @@ def k_diffusion(sampler_name: str, sigmas_or_steps, schedule: Schedule, **kwargs
         eta = float(take("eta", 1.0))
         take("s_noise", 1.0)
         done()
-        if eta != 0.0:
-            raise ValueError("sample_dpmpp_2s_ancestral: only eta=0 (DPM-Solver++(2S), 'dpm-solver++2s') has a "
-                             f"preset, got eta={eta}; its ancestral noise split has no sampler here")
+        _deterministic_only(sampler_name, eta, "dpm-solver++2s", "its ancestral noise split has no sampler here")
         solver, options = "dpm-solver++2s", {**final, "r1": 0.5, "solver_type": "dpmsolver"}
     elif sampler_name == "sample_dpmpp_3m_sde":
         eta = float(take("eta", 1.0))
         take("s_noise", 1.0)
         done()
-        if eta != 0.0:
-            raise ValueError("sample_dpmpp_3m_sde: only eta=0 (DPM-Solver++(3M), 'dpm-solver++3m') has a preset, "
-                             f"got eta={eta}; we have no third-order SDE sampler")
+        _deterministic_only(sampler_name, eta, "dpm-solver++3m", "we have no third-order SDE sampler")
         solver, options = "dpm-solver++3m", {**final, "lower_order_final": False, "solver_type": "taylor",
                                              "third_order": "published"}
     elif sampler_name == "sample_dpmpp_2m_sde":

@@ -12,18 +12,11 @@ import torch
 import fastdiff_edu as fd
 from fastdiff_edu import metrics, nets, weights
 from fastdiff_edu.prediction import Prediction
+from tests._helpers import single_thread  # noqa: F401 (one torch thread, as training uses)
 
 SHIPPED = ("digits-eps", "moons-eps", "ring-eps")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread, as training uses: on a busy 2-core machine two threads are many times
-    slower. Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_digits_data_and_split():

@@ -15,18 +15,11 @@ from safetensors.torch import load_file
 
 from fastdiff_edu.nets import train as train_module
 from fastdiff_edu.nets.train import CHECKPOINT, Interrupted, TrainConfig, train
+from tests._helpers import single_thread  # noqa: F401 (one torch thread, as training uses)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread, as training uses: on a busy 2-core machine two threads are many times
-    slower. Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny(out, data="digits", param="eps", schedule="ddpm", **kw):
