@@ -91,7 +91,8 @@ def time_ours(name: str, schedule, x: Tensor, steps: int, repeats: int = 5) -> t
 
     if name.startswith("analytic-"):
         from .solvers.analytic_dpm import estimate_gamma
-        gamma = estimate_gamma(model, torch.randn(256, *x.shape[1:]), n_samples=256,
+        batch = x.shape[0]  # the zero-cost model answers batches of x's size only
+        gamma = estimate_gamma(model, torch.randn(batch, *x.shape[1:]), n_samples=batch, batch_size=batch,
                                generator=torch.Generator().manual_seed(0))
     if name == "genie":
         from .genie_head import load_head
