@@ -162,7 +162,7 @@ class Prediction:
             return self(x, t)
         if self.kind == "eps" and self.threshold is None:  # the common case, without the eps view
             alpha, sigma = self._coefficients(x, t) if coefficients is None else coefficients
-            return (x - sigma * self(x, t)) / alpha
+            return torch.addcmul(x, sigma, self(x, t), value=-1.0) / alpha
         return self.eps_and_x0(x, t, coefficients)[1]
 
     def score(self, x: Tensor, t) -> Tensor:

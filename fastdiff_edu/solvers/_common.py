@@ -125,9 +125,9 @@ def run_linear_multistep(name: str, model: Prediction, x_T: Tensor, grid: Tensor
         history = [predict(model, prediction, x, loop.times[i], views[i])] + history[: depth - 1]
         x = c_x[i] * x
         for j, previous in enumerate(history):
-            x = x + weights[i, j] * previous
+            x = torch.addcmul(x, weights[i, j], previous)  # x + w F in one pass
         if noisy[i]:
-            x = x + c_noise[i] * noise_like(x, generator)
+            x = torch.addcmul(x, c_noise[i], noise_like(x, generator))
         loop.done(i, x)
     loop.check()
     return x

@@ -71,9 +71,9 @@ def run_transfer(name: str, model: Prediction, x_T: Tensor, grid: Tensor, c_x: T
     x = x_T
     for i in loop:
         eps = model.eps(x, loop.times[i])
-        x = c_x[i] * x + c_eps[i] * eps
+        x = torch.addcmul(c_x[i] * x, c_eps[i], eps)
         if noisy[i]:
-            x = x + c_noise[i] * noise_like(x, generator)
+            x = torch.addcmul(x, c_noise[i], noise_like(x, generator))
         loop.done(i, x)
     loop.check()
     return x

@@ -19,6 +19,8 @@ Book chapter: deis.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -49,10 +51,17 @@ def _lagrange_basis(nodes: Tensor, points: Tensor) -> Tensor:
     return basis
 
 
+@functools.lru_cache(maxsize=8)
+def _gauss_legendre(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights on [-1, 1]; numpy's eigenvalue solve for 256 nodes costs
+    ~10 ms, so it is done once per node count, not once per step."""
+    return np.polynomial.legendre.leggauss(nodes)
+
+
 def lagrange_integrals(nodes: Tensor, lo: float, hi: float, kernel, node_variable, quadrature_nodes: int = 256) -> Tensor:
     """``int_lo^hi kernel(s) L_j(node_variable(s)) ds`` for each Lagrange basis polynomial L_j over
     ``nodes``, by Gauss-Legendre quadrature in s."""
-    xi, wq = np.polynomial.legendre.leggauss(quadrature_nodes)
+    xi, wq = _gauss_legendre(quadrature_nodes)
     s = torch.as_tensor(0.5 * (hi - lo) * xi + 0.5 * (hi + lo), dtype=torch.float64)
     weights = torch.as_tensor(0.5 * (hi - lo) * wq, dtype=torch.float64)
     return _lagrange_basis(nodes, node_variable(s)) @ (weights * kernel(s))

@@ -178,7 +178,9 @@ def step_coefficients(schedule, t_from: Tensor, t_to: Tensor, r1: Tensor, r2: Te
     c_x, w = expansion_weights(schedule, t_from, t_to, prediction, 2)
     c_x1, w1 = expansion_weights(schedule, t_from, mid1, prediction, 1)
     c_x2, w2 = expansion_weights(schedule, t_from, mid2, prediction, 2)
-    return {"t": t_from, "mid1": mid1, "mid2": mid2, "r1": r1, "r2": r2,
+    views = {f"{point}_{name}": getattr(schedule, name)(time) for point, time in
+             (("t", t_from), ("mid1", mid1), ("mid2", mid2)) for name in ("alpha", "sigma")}
+    return {"t": t_from, "mid1": mid1, "mid2": mid2, "r1": r1, "r2": r2, **views,
             "c_x": c_x, "w0": w[..., 0], "slope2": 0.5 * w[..., 0] if solver_type == "dpmsolver" else w[..., 1],
             "slope3": w[..., 1], "c_x1": c_x1, "w1_0": w1[..., 0], "c_x2": c_x2, "w2_0": w2[..., 0], "w2_1": w2[..., 1]}
 
@@ -193,21 +195,22 @@ def singlestep_update(model: Prediction, x: Tensor, order: int, c: dict[str, Ten
     they are reused, only the missing ones are computed. Returns ``(x_next, evals)``.
     """
     evals = list(evals)
+    at = lambda point: (c[f"{point}_alpha"][i], c[f"{point}_sigma"][i])  # noqa: E731 (the views' coefficients)
     if not evals:
-        evals.append(predict(model, prediction, x, c["t"][i]))
+        evals.append(predict(model, prediction, x, c["t"][i], at("t")))
     f_s = evals[0]
     if order == 1:
         return c["c_x"][i] * x + c["w0"][i] * f_s, evals
     if len(evals) < 2:
         u1 = c["c_x1"][i] * x + c["w1_0"][i] * f_s
-        evals.append(predict(model, prediction, u1, c["mid1"][i]))
+        evals.append(predict(model, prediction, u1, c["mid1"][i], at("mid1")))
     if order == 2:
         slope = (evals[1] - f_s) / c["r1"][i]  # ~ h eps'
         return c["c_x"][i] * x + c["w0"][i] * f_s + c["slope2"][i] * slope, evals
     if len(evals) < 3:
         slope1 = (evals[1] - f_s) * (c["r2"][i] / c["r1"][i])  # ~ r2 h eps'
         u2 = c["c_x2"][i] * x + c["w2_0"][i] * f_s + c["w2_1"][i] * slope1
-        evals.append(predict(model, prediction, u2, c["mid2"][i]))
+        evals.append(predict(model, prediction, u2, c["mid2"][i], at("mid2")))
     slope = (evals[2] - f_s) / c["r2"][i]  # ~ h eps'
     return c["c_x"][i] * x + c["w0"][i] * f_s + c["slope3"][i] * slope, evals
 
