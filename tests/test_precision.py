@@ -39,11 +39,19 @@ def test_finite_and_dtype_kept(table):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("nfe", [10, 50])
 def test_deviation_from_float64_is_bounded(table, dtype, nfe):
-    rows = [r for r in table if r["dtype"] == dtype and r["nfe"] in (nfe, None)]
+    rows = [r for r in table if r["dtype"] == dtype and r["nfe"] == nfe]
     if nfe == 10:
         rows = [r for r in rows if r["solver"] not in UNSTABLE_AT_NFE_10]
     worst = max(rows, key=lambda r: r["median_deviation"])
     assert worst["median_deviation"] < BOUNDS[dtype, nfe], worst
+
+
+def test_adaptive_samplers(table):
+    """rk45 and the adaptive DPM-Solver choose their own steps (rtol-controlled): measured medians
+    1.2e-3 / 5.6e-3 (bfloat16) and 3.0e-4 / 6.1e-3 (float16)."""
+    rows = [r for r in table if r["nfe"] is None]
+    assert {r["solver"] for r in rows} == {n for n, s in solvers.REGISTRY.items() if s.adaptive}
+    assert all(r["median_deviation"] < 0.02 for r in rows), rows
 
 
 def test_the_unstable_ones_are_stable_with_enough_steps(table):

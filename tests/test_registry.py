@@ -146,17 +146,20 @@ def gmm64_vplinear():
 
 
 @pytest.mark.parametrize("solver", BASELINE)
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-3), (torch.float16, 0.05), (torch.bfloat16, 0.2)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-3), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
 def test_low_precision_inputs_keep_their_dtype_and_stay_finite(gmm64_vplinear, solver, dtype, tol):
-    """gmm64 under VPLinear at NFE 10 (rk45: adaptive). Measured max deviation from the float64
-    run: float32 3e-7 (rk45 3e-4), float16 3e-3, bfloat16 2.5e-2."""
+    """gmm64 under VPLinear at NFE 10 (rk45: adaptive). Deviation from the float64 run: the median
+    over samples of the per-sample RMS, as in ``bench precision`` (a maximum is fragile: near the
+    boundary between two modes' basins, rounding can send one trajectory to the other mode — in
+    bfloat16 one of these 16 samples does, at RMS 0.54). Measured medians: float32 3e-8 (rk45 below
+    1e-4), float16 5e-4, bfloat16 3.3e-3."""
     x_T = gmm64_vplinear["x_T"].to(dtype)
     kwargs = {} if solver == "rk45" else {"nfe": 10}
     x = fd.sample(gmm64_vplinear["model"], x_T, solver, **kwargs, **_options(solver))
     assert x.dtype == dtype and x.device == x_T.device and x.shape == x_T.shape
     assert bool(torch.isfinite(x).all()), f"{solver} produced NaN/Inf in {dtype}"
     if solver != "ddpm":  # the same generator draws different noise in different dtypes
-        dev = float((x.double() - gmm64_vplinear["results"][solver]).abs().max())
+        dev = float((x.double() - gmm64_vplinear["results"][solver]).square().mean(dim=1).sqrt().median())
         assert dev < tol, f"{solver} in {dtype} deviates from float64 by {dev:.3g}"
 
 
