@@ -160,6 +160,21 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _check_solvers(parser: argparse.ArgumentParser, names) -> None:
+    """Unknown solver names end the command with the registry's message, before any work."""
+    try:
+        for name in names or []:
+            solvers.get(name)
+    except KeyError as err_msg:
+        parser.error(str(err_msg).strip("'\""))
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump(result, handle, indent=2)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
@@ -205,32 +220,20 @@ def main(argv=None) -> int:
         return run_gpu(args.nfe, args.batch, compile_network=not args.no_compile, device=args.device)
     if args.command == "precision":
         from .precision import DTYPES, format_precision, run_precision
-        try:
-            for name in args.solvers or []:
-                solvers.get(name)
-        except KeyError as err_msg:
-            parser.error(str(err_msg).strip("'\""))
+        _check_solvers(parser, args.solvers)
         if not set(args.dtypes) <= set(DTYPES):
             parser.error(f"dtypes must be among {sorted(DTYPES)}")
         result = run_precision(args.solvers, args.nfe, args.dtypes, progress=True)
         print(format_precision(result))
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(result, handle, indent=2)
+        _write_json(args.json, result)
         return 0
     if args.command == "overhead":
         from .overhead import format_overhead, run_overhead
-        try:
-            for name in args.solvers or []:
-                solvers.get(name)
-        except KeyError as err_msg:
-            parser.error(str(err_msg).strip("'\""))
+        _check_solvers(parser, args.solvers)
         result = run_overhead(args.solvers, args.batch, args.dim, args.steps, args.repeats,
                               progress=not args.no_progress)
         print(format_overhead(result))
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(result, handle, indent=2)
+        _write_json(args.json, result)
         return 0
     try:
         result = run_error(args.problem, args.schedule, args.solvers, args.nfe, args.grid, args.batch,
@@ -238,9 +241,7 @@ def main(argv=None) -> int:
     except (KeyError, ValueError) as err_msg:
         parser.error(str(err_msg).strip("'\""))
     print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    _write_json(args.json, result)
     if args.plot:
         plot(result, args.plot)
     return 0

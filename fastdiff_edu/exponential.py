@@ -24,7 +24,7 @@ from .schedules import Schedule, as_float64
 
 Tensor = torch.Tensor
 
-__all__ = ["phi", "expansion_weights", "sde_noise_scale", "PREDICTIONS"]
+__all__ = ["phi", "expansion_weights", "PREDICTIONS"]
 
 PREDICTIONS = ("eps", "x0")
 
@@ -62,7 +62,8 @@ def expansion_weights(schedule: Schedule, t_from, t_to, prediction: str, order: 
     ``stochastic=True`` (data prediction only) gives the mean of the SDE-DPM-Solver++ step
     (Lu et al. 2022b, Appendix; the reverse SDE in lambda has twice the linear rate), whose
     kernel e^{-2(h-u)} turns phi_k(-h) into 2 phi_k(-2h) and c_x into (sigma_t/sigma_s) e^{-h};
-    its noise is ``sigma_t sqrt(1 - e^{-2h})`` (:func:`sde_noise_scale`).
+    its noise is ``sigma_t sqrt(1 - e^{-2h})``, DDPM's posterior standard deviation
+    (``solvers.ddim.ddim_coefficients(..., eta=1)``).
 
     A step that ends at zero noise (sigma(t_to) = 0, h = infinity) has the exact limits of its
     first-order weights (x0: c_x = 0, w_0 = alpha_t; eps: c_x = alpha_t/alpha_s,
@@ -98,13 +99,3 @@ def expansion_weights(schedule: Schedule, t_from, t_to, prediction: str, order: 
         limit[..., 0] = first.expand_as(w[..., 0]) if first.ndim else first
         w = torch.where(to_zero[..., None], limit, w)
     return c_x, w
-
-
-def sde_noise_scale(schedule: Schedule, t_from, t_to) -> Tensor:
-    """Standard deviation ``sigma_t sqrt(1 - e^{-2h})`` of the fresh noise of an SDE-DPM-Solver++
-    step from ``t_from`` to ``t_to`` (0 for a step to zero noise); float64."""
-    t_from, t_to = as_float64(t_from), as_float64(t_to)
-    sigma_to = schedule.sigma(t_to)
-    # 1 - e^{-2h} through expm1: small steps keep their digits
-    h = schedule.half_log_snr(torch.where(sigma_to == 0, t_from, t_to)) - schedule.half_log_snr(t_from)
-    return torch.where(sigma_to == 0, torch.zeros_like(sigma_to), sigma_to * torch.sqrt(-torch.expm1(-2.0 * h)))

@@ -8,7 +8,8 @@ import torch
 import fastdiff_edu as fd
 from fastdiff_edu.derivations import sde_dpm_solver as sde
 from fastdiff_edu.derivations.exponential import alpha_t, h, sigma_s, sigma_t
-from fastdiff_edu.exponential import expansion_weights, sde_noise_scale
+from fastdiff_edu.exponential import expansion_weights
+from fastdiff_edu.solvers.ddim import ddim_coefficients
 from fastdiff_edu.solvers.dpm_solver import multistep_weights, step_orders
 from tests._helpers import single_thread  # noqa: F401
 
@@ -45,7 +46,8 @@ def test_sympy_sde_weights_equal_the_package():
                                              zip(SCHED.sigma(t_to), SCHED.sigma(t_from), step)], dtype=F64), rtol=1e-12)
     std = sp.lambdify((sigma_t, h), sp.sqrt(sde.noise_variance()), "math")
     expected = torch.tensor([std(float(s), float(k)) for s, k in zip(SCHED.sigma(t_to), step)], dtype=F64)
-    assert torch.allclose(sde_noise_scale(SCHED, t_from, t_to), expected, rtol=1e-12)
+    noise = ddim_coefficients(SCHED, torch.cat([t_from, t_to[-1:]]), eta=1.0)[2]  # the samplers' noise scale
+    assert torch.allclose(noise, expected, rtol=1e-12)
 
 
 def test_a_step_to_zero_noise_has_the_exact_first_order_limit():
@@ -58,7 +60,7 @@ def test_a_step_to_zero_noise_has_the_exact_first_order_limit():
             a, s = SCHED.alpha(torch.tensor(0.3, dtype=F64)), SCHED.sigma(torch.tensor(0.3, dtype=F64))
             assert torch.isclose(c_x[0], 1 / a) and torch.isclose(w[0, 0], -s / a)
         assert torch.isnan(w[0, 1])  # the higher terms diverge: solvers must end first order
-    assert float(sde_noise_scale(SCHED, 0.3, 0.0)) == 0.0
+    assert float(ddim_coefficients(SCHED, torch.tensor([0.3, 0.0], dtype=F64), eta=1.0)[2][0]) == 0.0
 
 
 def test_sde_first_order_is_ddpm(bed):

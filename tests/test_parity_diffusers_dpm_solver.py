@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import fastdiff_edu as fd
+from fastdiff_edu.solvers.ddim import ddim_coefficients
 from fastdiff_edu import problems
 from fastdiff_edu.schedules import DiscreteVP
 from tests._helpers import single_thread  # noqa: F401
@@ -108,7 +109,7 @@ def test_the_published_third_order_step_is_what_diffusers_runs(x_T):
 
 def _noises(grid, x_T, seed):
     """The noise our SDE sampler draws, in its order: one per step that adds noise."""
-    noisy = fd.exponential.sde_noise_scale(SCHED, grid[:-1], grid[1:]) > 0
+    noisy = ddim_coefficients(SCHED, grid, eta=1.0)[2] > 0
     gen = torch.Generator().manual_seed(seed)
     return [fd.solvers._common.noise_like(x_T, gen) if flag else None for flag in noisy.tolist()]
 

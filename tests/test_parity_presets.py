@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import fastdiff_edu as fd
+from fastdiff_edu.solvers.ddim import ddim_coefficients
 from fastdiff_edu import presets, problems, timesteps
 from fastdiff_edu.schedules import DiscreteVP
 from fastdiff_edu.solvers._common import noise_like
@@ -304,7 +305,7 @@ def test_dpm_solver_with_diffusers_float32_sigmas(model, x_T):
 def test_sde_dpm_solver_with_the_same_noise(model, x_T, order, solver_type):
     config = dict(algorithm_type="sde-dpmsolver++", solver_order=order, solver_type=solver_type)
     preset = presets.diffusers(scheduler("DPMSolverMultistepScheduler", **config), 12)
-    noisy = fd.exponential.sde_noise_scale(SCHED, preset.timesteps[:-1], preset.timesteps[1:]) > 0
+    noisy = ddim_coefficients(SCHED, preset.timesteps, eta=1.0)[2] > 0
     gen = torch.Generator().manual_seed(5)
     noises = [noise_like(x_T, gen) if flag else None for flag in noisy.tolist()]
     theirs = run_dpm(dpm_scheduler(12, preset, **config), x_T, noises=noises)
@@ -502,7 +503,7 @@ def test_k_diffusion_euler_ancestral_with_the_same_noise(model, x_T, eta):
 @pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
 def test_k_diffusion_2m_sde_with_the_same_noise(model, x_T, solver_type):
     preset = presets.k_diffusion("sample_dpmpp_2m_sde", 10, SCHED, solver_type=solver_type)
-    noisy = fd.exponential.sde_noise_scale(SCHED, preset.timesteps[:-1], preset.timesteps[1:]) > 0
+    noisy = ddim_coefficients(SCHED, preset.timesteps, eta=1.0)[2] > 0
     gen = torch.Generator().manual_seed(4)
     noises = [noise_like(x_T, gen) for flag in noisy.tolist() if flag]
     _, theirs = k_run("sample_dpmpp_2m_sde", 10, model, x_T, noises=noises, solver_type=solver_type)

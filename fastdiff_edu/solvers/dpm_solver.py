@@ -27,9 +27,10 @@ import math
 
 import torch
 
-from ..exponential import expansion_weights, sde_noise_scale
+from ..exponential import expansion_weights
 from ..prediction import Prediction
 from ._common import Callback, StepLoop, check_inputs, on_device, predict, run_linear_multistep
+from .ddim import ddim_coefficients
 from .registry import SamplerSpec, register
 
 Tensor = torch.Tensor
@@ -153,7 +154,8 @@ def multistep(name: str, model: Prediction, x_T: Tensor, timesteps, *, predictio
     final_step = resolve_final_step(name, grid, final_step)
     c_x, weights = multistep_weights(model.schedule, grid, prediction, order, solver_type, third_order,
                                      lower_order_final=lower_order_final, stochastic=stochastic)
-    c_noise = sde_noise_scale(model.schedule, grid[:-1], grid[1:]) if stochastic else None
+    # SDE-DPM-Solver++'s fresh noise sigma_t sqrt(1 - e^{-2h}) is DDPM's posterior noise (eta = 1)
+    c_noise = ddim_coefficients(model.schedule, grid, eta=1.0)[2] if stochastic else None
     x = run_linear_multistep(name, model, x_T, grid, prediction, c_x, weights, callback, progress,
                              c_noise=c_noise, generator=generator)
     return finish(model, x, grid, final_step)
